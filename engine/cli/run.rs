@@ -1,0 +1,104 @@
+//! `weir run`: run a job to the end of its input (or until Ctrl-C / SIGTERM) and print a summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{job_path, shutdown_signal, thousands};
+use crate::job::Job;
+use crate::job::units::format_bytes;
+use crate::pipeline::{Pipeline, RunOptions, RunSummary};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Job file (jobs/<name>.toml, or just <name>).
+    pub job: PathBuf,
+    /// Target to run (default: the job's default_target, else "local").
+    #[arg(long, short)]
+    pub target: Option<String>,
+    /// Read this path, glob or URL instead of the target's source.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Write to this lake (folder or URL) instead of the target's.
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let job = Job::load(job_path(&args.job))?;
+    let name = job.name.clone();
+    let opts = RunOptions {
+        target: args.target.clone(),
+        input: args.input.clone(),
+        lake: args.lake.clone(),
+    };
+    let target = job.target(opts.target.as_deref())?.name.clone();
+    let pipeline = Pipeline::open(job, &opts).await?;
+    let bar = match (args.quiet, pipeline.size_hint()) {
+        (false, Some(total)) => {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        }
+        _ => ProgressBar::hidden(),
+    };
+    let summary = pipeline.with_progress(bar).run(shutdown_signal()).await?;
+    print_summary(&name, &target, &summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(job: &str, target: &str, s: &RunSummary) {
+    println!("weir run {job} (target {target})");
+    println!("  source   {}", s.source);
+    println!("  lake     {}", s.lake);
+    if s.batches == 0 {
+        match s.last_batch {
+            Some(b) => println!("  nothing new to read: the lake is up to date (last batch {b})"),
+            None => println!("  nothing to read: the input holds no records"),
+        }
+        return;
+    }
+    println!(
+        "  events   {} read, {} dead letters{}",
+        thousands(s.records),
+        thousands(s.dead_letters),
+        if s.dead_letters > 0 {
+            " (see table _dead_letters)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  batches  {} committed (last {}){}",
+        s.batches,
+        s.last_batch.unwrap_or_default(),
+        if s.replayed > 0 {
+            format!(", {} replayed after an interrupted run", s.replayed)
+        } else {
+            String::new()
+        }
+    );
+    println!("  files    {} written, {}", s.files, format_bytes(s.bytes));
+    let rows: Vec<String> = s
+        .rows
+        .iter()
+        .map(|(t, n)| format!("{t} {}", thousands(*n)))
+        .collect();
+    println!("  rows     {}", rows.join(", "));
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "  speed    {} events/s, {}/s ({:.2} s)",
+        thousands((s.records as f64 / secs) as u64),
+        format_bytes((s.input_bytes as f64 / secs) as u64),
+        secs
+    );
+}

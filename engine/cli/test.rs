@@ -1,0 +1,159 @@
+//! `weir test`: each transform run on the fixture input, compared with its golden CSV output.
+//! Rows are compared sorted, so transforms need no ORDER BY; `--update` rewrites the golden files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use arrow::array::RecordBatch;
+use tokio::sync::mpsc;
+
+use super::job_path;
+use crate::batch::Batch;
+use crate::decode::Decoder;
+use crate::job::{InputFormat, Job};
+use crate::source::files::FileSource;
+use crate::source::{Checkpoint, ChunkLimits, Source};
+use crate::transform::Transforms;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Job file (jobs/<name>.toml, or just <name>).
+    pub job: PathBuf,
+    /// Rewrite the golden files with the current outputs.
+    #[arg(long)]
+    pub update: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let job = Job::load(job_path(&args.job))?;
+    let transforms = Transforms::load(&job).await?;
+    let ext = match job.input.format {
+        InputFormat::Json => "jsonl",
+        InputFormat::Csv => "csv",
+    };
+    let input = job.fixtures.join(format!("events.{ext}"));
+    anyhow::ensure!(
+        input.is_file(),
+        "{}: fixture input missing; write a few sample events there (test.fixtures in {} sets the folder)",
+        input.display(),
+        job.file.display()
+    );
+    let batch = read_fixture(&job, &input).await?;
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    if !batch.dead.is_empty() {
+        let mut lines: Vec<String> = batch
+            .dead
+            .iter()
+            .map(|d| csv_line(&[d.position.to_string(), d.reason.clone()]))
+            .collect();
+        lines.sort();
+        outputs.push((
+            "_dead_letters".into(),
+            format!("position,reason\n{}", lines.join("")),
+        ));
+    }
+    for out in transforms.run(batch.events).await? {
+        outputs.push((out.name.clone(), render(&out.batches, &out.schema)?));
+    }
+
+    let mut failed = 0;
+    for (name, actual) in &outputs {
+        let golden = job.fixtures.join(format!("{name}.csv"));
+        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        if args.update {
+            std::fs::write(&golden, actual).with_context(|| golden.display().to_string())?;
+            println!("updated {}", golden.display());
+        } else if !golden.exists() {
+            failed += 1;
+            println!(
+                "FAIL {name}: no golden file {}; run `weir test {} --update` to create it",
+                golden.display(),
+                args.job.display()
+            );
+        } else if &expected != actual {
+            failed += 1;
+            println!("FAIL {name}: output differs from {}", golden.display());
+            print_diff(&expected, actual);
+        } else {
+            println!(
+                "ok   {name} ({} rows)",
+                actual.lines().count().saturating_sub(1)
+            );
+        }
+    }
+    if args.update {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} passed, {failed} failed", outputs.len() - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn read_fixture(job: &Job, input: &Path) -> anyhow::Result<Batch> {
+    let limits = ChunkLimits {
+        records: 8192,
+        bytes: 4 << 20,
+    };
+    let header = job.input.format == InputFormat::Csv && job.input.csv.header;
+    let source = FileSource::open(&input.display().to_string(), &job.root, limits, header).await?;
+    let (tx, mut rx) = mpsc::channel(4);
+    let reader = tokio::spawn(async move { source.read(&Checkpoint::new(), tx).await });
+    let mut decoder = Decoder::new(&job.input);
+    let mut batch = Batch::default();
+    while let Some(chunk) = rx.recv().await {
+        batch.push(decoder.decode(&chunk));
+    }
+    reader.await??;
+    Ok(batch)
+}
+
+/// CSV with a header and rows sorted, so the comparison ignores row order.
+fn render(batches: &[RecordBatch], schema: &arrow::datatypes::SchemaRef) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(false)
+            .build(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+    }
+    let text = String::from_utf8(buf)?;
+    let mut rows: Vec<&str> = text.lines().collect();
+    rows.sort_unstable();
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let mut out = csv_line(&header);
+    for r in rows {
+        out.push_str(r);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn csv_line(fields: &[String]) -> String {
+    let quoted: Vec<String> = fields
+        .iter()
+        .map(|f| {
+            if f.contains([',', '"', '\n']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    format!("{}\n", quoted.join(","))
+}
+
+fn print_diff(expected: &str, actual: &str) {
+    let diff = similar::TextDiff::from_lines(expected, actual);
+    print!(
+        "{}",
+        diff.unified_diff()
+            .context_radius(2)
+            .header("golden", "actual")
+    );
+}

@@ -1,0 +1,57 @@
+//! `weir validate`: check the job and plan every transform; no data is read.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::job_path;
+use crate::job::Job;
+use crate::transform::Transforms;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Job file (jobs/<name>.toml, or just <name>).
+    pub job: PathBuf,
+    /// Also check that this target exists (default: all targets are parsed anyway).
+    #[arg(long, short)]
+    pub target: Option<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let job = Job::load(job_path(&args.job))?;
+    job.target(args.target.as_deref())?;
+    let transforms = Transforms::load(&job).await?;
+    println!("{}: ok", job.file.display());
+    println!(
+        "  input    {:?}, {} columns; batches of at most {} records, {} bytes, {:?}",
+        job.input.format,
+        job.input.schema.columns.len(),
+        job.batch.max_records,
+        job.batch.max_bytes,
+        job.batch.max_age
+    );
+    for (t, schema) in transforms.transforms.iter().zip(&transforms.schemas) {
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect();
+        let spec = job.output(&t.name);
+        let parts = if spec.partition_by.is_empty() {
+            String::new()
+        } else {
+            format!(" partitioned by {}", spec.partition_by.join(", "))
+        };
+        println!(
+            "  {:<9}{}{}: {}",
+            t.name,
+            t.file.display(),
+            parts,
+            cols.join(", ")
+        );
+    }
+    println!(
+        "  targets  {}",
+        job.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,84 @@
+//! The commit protocol (DESIGN.md "Delivery"): a batch's source range is logged before any output
+//! is written, and its commit record is a conditional create, so two writers cannot both commit it.
+//! A planned but uncommitted batch is replayed over exactly its range on restart.
+
+mod object;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use object::ObjectCommitStore;
+
+use crate::sink::WrittenFile;
+use crate::source::{BatchRange, Checkpoint};
+
+/// Step 1 of a batch: what it will read, recorded before anything is written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchPlan {
+    pub job: String,
+    pub batch: u64,
+    pub range: BatchRange,
+    pub planned_at: DateTime<Utc>,
+}
+
+/// Step 4 of a batch: what it wrote, and the checkpoint after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub job: String,
+    pub batch: u64,
+    pub range: BatchRange,
+    /// Per shard, the last position consumed by this and every earlier batch.
+    pub checkpoint: Checkpoint,
+    pub records: u64,
+    pub dead_letters: u64,
+    /// Rows written per output table.
+    pub rows: BTreeMap<String, u64>,
+    pub files: Vec<WrittenFile>,
+    pub committed_at: DateTime<Utc>,
+}
+
+/// What a restarting run finds.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub last: Option<CommitRecord>,
+    /// A batch planned after the last commit: to be replayed over exactly its range.
+    pub pending: Option<BatchPlan>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(
+        "batch {batch} of job {job} was {what} by another writer; only one `weir run` of a job may write to a lake at a time"
+    )]
+    Conflict {
+        job: String,
+        batch: u64,
+        what: &'static str,
+    },
+    #[error("commit log {path}: {source}")]
+    Store {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("commit log {path} is corrupt: {source}")]
+    Corrupt {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Where plans and commits are kept.
+#[async_trait]
+pub trait CommitStore: Send + Sync {
+    /// The last commit and any batch planned after it.
+    async fn recover(&self) -> Result<Recovered, CommitError>;
+    /// Records a plan; fails if the batch was already planned.
+    async fn plan(&self, plan: &BatchPlan) -> Result<(), CommitError>;
+    /// Records a commit; fails if the batch was already committed.
+    async fn commit(&self, record: &CommitRecord) -> Result<(), CommitError>;
+    /// Every commit, oldest first.
+    async fn commits(&self) -> Result<Vec<CommitRecord>, CommitError>;
+}

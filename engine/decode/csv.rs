@@ -1,0 +1,35 @@
+//! CSV runs, decoded by arrow-csv against the declared schema (header lines are skipped by the
+//! source).
+
+use arrow::array::RecordBatch;
+use arrow::csv::ReaderBuilder;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+
+use super::RunDecoder;
+
+pub(crate) struct CsvRuns {
+    schema: SchemaRef,
+    delimiter: u8,
+}
+
+impl CsvRuns {
+    pub fn new(schema: SchemaRef, delimiter: char) -> Self {
+        Self {
+            schema,
+            delimiter: delimiter as u8,
+        }
+    }
+}
+
+impl RunDecoder for CsvRuns {
+    fn decode_run(&mut self, bytes: &[u8], n: usize) -> Result<RecordBatch, ArrowError> {
+        let mut decoder = ReaderBuilder::new(self.schema.clone())
+            .with_header(false)
+            .with_delimiter(self.delimiter)
+            .with_batch_size(n + 1)
+            .build_decoder();
+        super::feed(bytes, |b| decoder.decode(b))?;
+        Ok(super::or_empty(decoder.flush()?, &self.schema))
+    }
+}

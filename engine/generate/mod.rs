@@ -1,0 +1,342 @@
+//! Deterministic, realistic e-commerce sample data: shopper sessions of product views, add-to-carts,
+//! purchases (a few % of views) and refunds, plus a `products.csv` with category, price and stock.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const ADJECTIVES: [&str; 12] = [
+    "classic", "organic", "compact", "deluxe", "everyday", "vintage", "smart", "soft", "sturdy",
+    "bright", "mini", "pro",
+];
+/// Product kinds and their category.
+const NOUNS: [(&str, &str); 12] = [
+    ("mug", "kitchen"),
+    ("tee", "apparel"),
+    ("sneaker", "shoes"),
+    ("lamp", "home"),
+    ("blender", "kitchen"),
+    ("serum", "beauty"),
+    ("puzzle", "toys"),
+    ("headphones", "electronics"),
+    ("planter", "garden"),
+    ("hoodie", "apparel"),
+    ("kettle", "kitchen"),
+    ("backpack", "accessories"),
+];
+/// Probability that a product view leads to an add-to-cart.
+const P_CART: f64 = 0.12;
+/// Probability that an add-to-cart is bought.
+const P_BUY: f64 = 0.35;
+/// Probability that a purchase is refunded.
+const P_REFUND: f64 = 0.06;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub events: u64,
+    pub products: u32,
+    pub seed: u64,
+    pub files: u32,
+    pub gzip: bool,
+    pub start: DateTime<Utc>,
+    /// Time the events span.
+    pub span: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            events: 10_000,
+            products: 200,
+            seed: 42,
+            files: 1,
+            gzip: false,
+            start: Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).unwrap(),
+            span: Duration::hours(24),
+        }
+    }
+}
+
+/// A product of the catalogue.
+#[derive(Debug, Clone)]
+pub struct Product {
+    pub id: u32,
+    pub name: String,
+    pub category: &'static str,
+    pub price_cents: u64,
+    pub stock: u32,
+}
+
+/// Generated files.
+#[derive(Debug)]
+pub struct Generated {
+    pub products: PathBuf,
+    pub event_files: Vec<PathBuf>,
+    pub events: u64,
+}
+
+/// The product catalogue for a seed.
+pub fn products(opts: &Options) -> Vec<Product> {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed_cafe);
+    (1..=opts.products)
+        .map(|id| {
+            let (noun, category) = NOUNS[rng.random_range(0..NOUNS.len())];
+            let name = format!(
+                "{} {noun}",
+                ADJECTIVES[rng.random_range(0..ADJECTIVES.len())]
+            );
+            // Log-uniform prices from about 4 to 300, ending in .99 or .49.
+            let dollars = (4.0f64 * (75.0f64).powf(rng.random::<f64>())).floor() as u64;
+            let cents = if rng.random_bool(0.7) { 99 } else { 49 };
+            let stock = if rng.random_bool(0.15) {
+                rng.random_range(0..15)
+            } else {
+                rng.random_range(20..500)
+            };
+            Product {
+                id,
+                name,
+                category,
+                price_cents: dollars * 100 + cents,
+                stock,
+            }
+        })
+        .collect()
+}
+
+/// Writes `products.csv` and `events/part-NNNNN.jsonl[.gz]` under `out`.
+pub fn write(out: &Path, opts: &Options) -> std::io::Result<Generated> {
+    std::fs::create_dir_all(out.join("events"))?;
+    let catalogue = products(opts);
+    let products_path = out.join("products.csv");
+    let mut p = std::io::BufWriter::new(std::fs::File::create(&products_path)?);
+    writeln!(p, "product_id,name,category,price,stock_on_hand")?;
+    for prod in &catalogue {
+        writeln!(
+            p,
+            "{},{},{},{}.{:02},{}",
+            prod.id,
+            prod.name,
+            prod.category,
+            prod.price_cents / 100,
+            prod.price_cents % 100,
+            prod.stock
+        )?;
+    }
+    p.flush()?;
+
+    let files = opts.files.max(1) as u64;
+    let per_file = opts.events.div_ceil(files);
+    let mut events = EventGen::new(opts, catalogue);
+    let mut event_files = Vec::new();
+    for f in 0..files {
+        let n = per_file.min(opts.events.saturating_sub(f * per_file));
+        let ext = if opts.gzip { "jsonl.gz" } else { "jsonl" };
+        let path = out.join("events").join(format!("part-{f:05}.{ext}"));
+        let file = std::fs::File::create(&path)?;
+        let mut w: Box<dyn Write> = if opts.gzip {
+            Box::new(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::fast(),
+            ))
+        } else {
+            Box::new(file)
+        };
+        let mut buf = std::io::BufWriter::with_capacity(1 << 20, &mut w);
+        let mut line = String::with_capacity(256);
+        for _ in 0..n {
+            line.clear();
+            events.next_line(&mut line);
+            buf.write_all(line.as_bytes())?;
+        }
+        buf.flush()?;
+        drop(buf);
+        w.flush()?;
+        drop(w);
+        event_files.push(path);
+    }
+    Ok(Generated {
+        products: products_path,
+        event_files,
+        events: opts.events,
+    })
+}
+
+/// One generated event.
+struct Event {
+    time: DateTime<Utc>,
+    kind: &'static str,
+    product: u32,
+    quantity: Option<u32>,
+    price_cents: u64,
+    order: Option<u64>,
+}
+
+/// Produces events session by session.
+struct EventGen {
+    rng: ChaCha8Rng,
+    catalogue: Vec<Product>,
+    users: u64,
+    clock: DateTime<Utc>,
+    /// Mean gap between session starts.
+    gap_ms: f64,
+    queue: std::collections::VecDeque<Event>,
+    session: String,
+    user: u64,
+    orders: u64,
+}
+
+impl EventGen {
+    fn new(opts: &Options, catalogue: Vec<Product>) -> Self {
+        let sessions = (opts.events as f64 / 4.5).max(1.0);
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(opts.seed),
+            catalogue,
+            users: (opts.events / 20).max(100),
+            clock: opts.start,
+            gap_ms: opts.span.num_milliseconds() as f64 / sessions,
+            queue: Default::default(),
+            session: String::new(),
+            user: 0,
+            orders: 0,
+        }
+    }
+
+    /// A product, skewed so a few products get most views.
+    fn pick_product(&mut self) -> &Product {
+        let n = self.catalogue.len();
+        let i = ((n as f64) * self.rng.random::<f64>().powi(3)) as usize;
+        &self.catalogue[i.min(n - 1)]
+    }
+
+    fn new_session(&mut self) {
+        let gap = -self.gap_ms * (1.0 - self.rng.random::<f64>()).ln();
+        self.clock += Duration::milliseconds(gap as i64);
+        self.user = self.rng.random_range(1..=self.users);
+        self.session = format!("s-{:012x}", self.rng.random::<u64>() & 0xffff_ffff_ffff);
+        let mut t = self.clock;
+        let views = 1 + (-(1.0 - self.rng.random::<f64>()).ln() * 3.0) as usize;
+        for _ in 0..views.min(20) {
+            let p = self.pick_product().clone();
+            t += Duration::milliseconds(self.rng.random_range(2_000..60_000));
+            self.queue.push_back(Event {
+                time: t,
+                kind: "view",
+                product: p.id,
+                quantity: None,
+                price_cents: p.price_cents,
+                order: None,
+            });
+            if !self.rng.random_bool(P_CART) {
+                continue;
+            }
+            let qty = if self.rng.random_bool(0.8) {
+                1
+            } else {
+                self.rng.random_range(2..=4)
+            };
+            t += Duration::milliseconds(self.rng.random_range(1_000..30_000));
+            self.queue.push_back(Event {
+                time: t,
+                kind: "add_to_cart",
+                product: p.id,
+                quantity: Some(qty),
+                price_cents: p.price_cents,
+                order: None,
+            });
+            if !self.rng.random_bool(P_BUY) {
+                continue;
+            }
+            self.orders += 1;
+            let price = if self.rng.random_bool(0.2) {
+                p.price_cents * 9 / 10
+            } else {
+                p.price_cents
+            };
+            t += Duration::milliseconds(self.rng.random_range(10_000..120_000));
+            self.queue.push_back(Event {
+                time: t,
+                kind: "purchase",
+                product: p.id,
+                quantity: Some(qty),
+                price_cents: price,
+                order: Some(self.orders),
+            });
+            if self.rng.random_bool(P_REFUND) {
+                let later = t + Duration::minutes(self.rng.random_range(5..240));
+                self.queue.push_back(Event {
+                    time: later,
+                    kind: "refund",
+                    product: p.id,
+                    quantity: Some(qty),
+                    price_cents: price,
+                    order: Some(self.orders),
+                });
+            }
+        }
+    }
+
+    fn next_line(&mut self, out: &mut String) {
+        use std::fmt::Write as _;
+        if self.queue.is_empty() {
+            self.new_session();
+        }
+        let e = self.queue.pop_front().expect("session has events");
+        let id = self.rng.random::<u128>();
+        let _ = write!(
+            out,
+            r#"{{"event_id":"{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}","event_time":"{}","event_type":"{}","session_id":"{}","user_id":{},"product_id":{}"#,
+            (id >> 96) as u32,
+            (id >> 80) as u16,
+            (id >> 68) as u16 & 0xfff,
+            ((id >> 52) as u16 & 0x3fff) | 0x8000,
+            id as u64 & 0xffff_ffff_ffff,
+            e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            e.kind,
+            self.session,
+            self.user,
+            e.product,
+        );
+        if let Some(q) = e.quantity {
+            let _ = write!(out, r#","quantity":{q}"#);
+        }
+        let _ = write!(
+            out,
+            r#","price":{}.{:02}"#,
+            e.price_cents / 100,
+            e.price_cents % 100
+        );
+        if let Some(o) = e.order {
+            let _ = write!(out, r#","order_id":"o-{o:08}""#);
+        }
+        out.push_str("}\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_plausible() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            events: 20_000,
+            ..Default::default()
+        };
+        let a = write(&dir.path().join("a"), &opts).unwrap();
+        let b = write(&dir.path().join("b"), &opts).unwrap();
+        let text = std::fs::read_to_string(&a.event_files[0]).unwrap();
+        assert_eq!(text, std::fs::read_to_string(&b.event_files[0]).unwrap());
+        assert_eq!(text.lines().count(), 20_000);
+        let views = text.matches("\"view\"").count() as f64;
+        let buys = text.matches("\"purchase\"").count() as f64;
+        let rate = buys / views;
+        assert!((0.01..0.10).contains(&rate), "conversion {rate}");
+        assert!(text.contains("\"refund\""));
+    }
+}

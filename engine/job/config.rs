@@ -1,0 +1,142 @@
+//! The job file as written by users (`jobs/<name>.toml`): serde structs, every key documented in
+//! the README, unknown keys rejected.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Records per micro-batch before it is flushed.
+pub const DEFAULT_MAX_RECORDS: usize = 200_000;
+/// Raw input bytes per micro-batch before it is flushed.
+pub const DEFAULT_MAX_BYTES: &str = "64MiB";
+/// Age of the oldest record in a micro-batch before it is flushed.
+pub const DEFAULT_MAX_AGE: &str = "5s";
+/// Largest accepted record; longer ones become dead letters.
+pub const DEFAULT_MAX_RECORD_BYTES: &str = "1MiB";
+/// Parquet file size above which an output partition rolls over to a new file.
+pub const DEFAULT_TARGET_FILE_SIZE: &str = "128MiB";
+/// The target used when `--target` is not given and the job names none.
+pub const DEFAULT_TARGET: &str = "local";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Job name: prefixes output file names and keys the commit log.
+    pub name: String,
+    /// Folder of `.sql` transforms; each file is one output table.
+    pub transforms: String,
+    /// Target used when `--target` is not given (default "local").
+    pub default_target: Option<String>,
+    pub input: InputConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Dimension tables the transforms may join, by table name.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+    /// Per-output settings, by output (transform) name.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, OutputConfig>,
+    /// Named targets: where data comes from and where the lake is.
+    pub targets: BTreeMap<String, TargetConfig>,
+    #[serde(default)]
+    pub test: TestConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// "json" (JSON lines) or "csv".
+    pub format: InputFormat,
+    /// Event-time column (a timestamp); its range is recorded per batch.
+    pub time_column: Option<String>,
+    /// Records longer than this become dead letters.
+    pub max_record_bytes: Option<String>,
+    /// CSV options (format = "csv" only).
+    pub csv: Option<CsvConfig>,
+    /// Column name -> type declaration, in order.
+    pub schema: toml::Table,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvConfig {
+    /// The first line of each file is a header (default true).
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// Field delimiter (default ",").
+    #[serde(default = "comma")]
+    pub delimiter: char,
+}
+
+impl Default for CsvConfig {
+    fn default() -> Self {
+        Self {
+            header: true,
+            delimiter: ',',
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn comma() -> char {
+    ','
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_records: Option<usize>,
+    pub max_bytes: Option<String>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// CSV, JSON lines or Parquet file (relative to the project root).
+    pub path: String,
+    /// "csv", "json" or "parquet"; default from the file extension.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Hive partition columns, in path order; they are kept inside the files too.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Roll over to a new file past this size (default "128MiB").
+    pub target_file_size: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub source: SourceConfig,
+    /// Lake root: a local folder (relative to the project root) or an object store URL.
+    pub lake: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Files by path, glob or URL (`file://`, `s3://`); `.gz` files are decompressed.
+    Files { path: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestConfig {
+    /// Folder with `events.<format>` (fixture input) and `<table>.csv` golden outputs
+    /// (default `tests/golden/<job name>`).
+    pub fixtures: Option<String>,
+}

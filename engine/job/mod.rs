@@ -1,0 +1,478 @@
+//! Job definitions: load `jobs/<name>.toml`, check every key, resolve paths and targets, so that a
+//! bad job fails before any data moves with the file, the key and the fix.
+
+pub mod config;
+pub mod schema;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use config::{CsvConfig, InputFormat, SourceConfig};
+pub use schema::{ColumnType, InputSchema};
+
+/// Errors in a job file. Each message names the file and the key, and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{file}: cannot read the job file: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The batching policy: a micro-batch is flushed when any limit is reached.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_records: usize,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+}
+
+/// The decoded input description.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub format: InputFormat,
+    pub schema: InputSchema,
+    pub time_column: Option<String>,
+    pub max_record_bytes: usize,
+    pub csv: CsvConfig,
+}
+
+/// A dimension table loaded once at start and visible to every transform.
+#[derive(Debug, Clone)]
+pub struct DimTable {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: String,
+}
+
+/// Settings of one output table.
+#[derive(Debug, Clone, Default)]
+pub struct OutputSpec {
+    pub partition_by: Vec<String>,
+    pub target_file_size: u64,
+}
+
+/// Where one run reads from and writes to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub source: SourceConfig,
+    pub lake: String,
+}
+
+/// A checked job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job file, as given.
+    pub file: PathBuf,
+    /// Project root: relative paths in the job file are resolved against it.
+    pub root: PathBuf,
+    pub name: String,
+    pub transforms: PathBuf,
+    pub input: Input,
+    pub batch: BatchPolicy,
+    pub tables: Vec<DimTable>,
+    pub outputs: BTreeMap<String, OutputSpec>,
+    pub targets: BTreeMap<String, Target>,
+    pub default_target: String,
+    pub fixtures: PathBuf,
+}
+
+impl Job {
+    /// Loads and checks a job file.
+    pub fn load(file: impl AsRef<Path>) -> Result<Self, JobError> {
+        let file = file.as_ref();
+        let shown = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|source| JobError::Read {
+            file: shown.clone(),
+            source,
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses and checks job text as if read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, JobError> {
+        let shown = file.display().to_string();
+        let raw: config::JobFile = toml::from_str(text).map_err(|e| JobError::Syntax {
+            file: shown.clone(),
+            message: with_suggestion(e.to_string()),
+        })?;
+        let root = project_root(file);
+        let bad = |key: &str, message: String| JobError::Invalid {
+            file: shown.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                root.join(p)
+            }
+        };
+
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad(
+                "name",
+                format!(
+                    "\"{}\" must be non-empty letters, digits, '_' or '-'",
+                    raw.name
+                ),
+            ));
+        }
+
+        let transforms = resolve(&raw.transforms);
+        if !transforms.is_dir() {
+            return Err(bad(
+                "transforms",
+                format!(
+                    "folder {} does not exist; create it and put one .sql file per output table in it",
+                    transforms.display()
+                ),
+            ));
+        }
+
+        let input = parse_input(&raw.input, &bad)?;
+        let batch = BatchPolicy {
+            max_records: raw.batch.max_records.unwrap_or(config::DEFAULT_MAX_RECORDS),
+            max_bytes: units::parse_bytes(
+                raw.batch
+                    .max_bytes
+                    .as_deref()
+                    .unwrap_or(config::DEFAULT_MAX_BYTES),
+            )
+            .map_err(|m| bad("batch.max_bytes", m))?,
+            max_age: units::parse_duration(
+                raw.batch
+                    .max_age
+                    .as_deref()
+                    .unwrap_or(config::DEFAULT_MAX_AGE),
+            )
+            .map_err(|m| bad("batch.max_age", m))?,
+        };
+        if batch.max_records == 0 || batch.max_bytes == 0 || batch.max_age.is_zero() {
+            return Err(bad("batch", "limits must be greater than zero".into()));
+        }
+
+        let mut tables = Vec::new();
+        for (name, t) in &raw.tables {
+            let key = format!("tables.{name}.path");
+            let path = resolve(&t.path);
+            if !path.is_file() {
+                return Err(bad(
+                    &key,
+                    format!(
+                        "file {} does not exist; fix the path (relative to {})",
+                        path.display(),
+                        root.display()
+                    ),
+                ));
+            }
+            let format = match &t.format {
+                Some(f) => f.to_ascii_lowercase(),
+                None => path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(|e| {
+                        if e == "jsonl" || e == "ndjson" {
+                            "json".to_string()
+                        } else {
+                            e.to_ascii_lowercase()
+                        }
+                    })
+                    .unwrap_or_default(),
+            };
+            if !matches!(format.as_str(), "csv" | "json" | "parquet") {
+                return Err(bad(
+                    &format!("tables.{name}.format"),
+                    format!("\"{format}\" is not supported; use \"csv\", \"json\" or \"parquet\""),
+                ));
+            }
+            tables.push(DimTable {
+                name: name.clone(),
+                path,
+                format,
+            });
+        }
+
+        let mut outputs = BTreeMap::new();
+        for (name, o) in &raw.outputs {
+            let target_file_size = units::parse_bytes(
+                o.target_file_size
+                    .as_deref()
+                    .unwrap_or(config::DEFAULT_TARGET_FILE_SIZE),
+            )
+            .map_err(|m| bad(&format!("outputs.{name}.target_file_size"), m))?;
+            outputs.insert(
+                name.clone(),
+                OutputSpec {
+                    partition_by: o.partition_by.clone(),
+                    target_file_size,
+                },
+            );
+        }
+
+        if raw.targets.is_empty() {
+            return Err(bad(
+                "targets",
+                "no target defined; add e.g. [targets.local] with source and lake".into(),
+            ));
+        }
+        let targets = raw
+            .targets
+            .into_iter()
+            .map(|(name, t)| {
+                let lake = if t.lake.contains("://") {
+                    t.lake
+                } else {
+                    resolve(&t.lake).display().to_string()
+                };
+                let source = match t.source {
+                    SourceConfig::Files { path } if !path.contains("://") => SourceConfig::Files {
+                        path: resolve(&path).display().to_string(),
+                    },
+                    other => other,
+                };
+                (name.clone(), Target { name, source, lake })
+            })
+            .collect::<BTreeMap<_, _>>();
+        let default_target = raw
+            .default_target
+            .unwrap_or_else(|| config::DEFAULT_TARGET.to_string());
+        if !targets.contains_key(&default_target) {
+            return Err(bad(
+                "default_target",
+                format!(
+                    "target \"{default_target}\" is not defined; defined targets: {}",
+                    targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let fixtures = resolve(
+            raw.test
+                .fixtures
+                .as_deref()
+                .unwrap_or(&format!("tests/golden/{}", raw.name)),
+        );
+
+        Ok(Self {
+            file: file.to_path_buf(),
+            root,
+            name: raw.name,
+            transforms,
+            input,
+            batch,
+            tables,
+            outputs,
+            targets,
+            default_target,
+            fixtures,
+        })
+    }
+
+    /// The named target, or the default one; an unknown name lists the defined ones.
+    pub fn target(&self, name: Option<&str>) -> Result<&Target, JobError> {
+        let name = name.unwrap_or(&self.default_target);
+        self.targets.get(name).ok_or_else(|| JobError::Invalid {
+            file: self.file.display().to_string(),
+            key: format!("targets.{name}"),
+            message: format!(
+                "no such target; defined targets: {}",
+                self.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// Settings of an output table (defaults when the job file has no `[outputs.<name>]`).
+    pub fn output(&self, name: &str) -> OutputSpec {
+        self.outputs
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| OutputSpec {
+                partition_by: Vec::new(),
+                target_file_size: units::parse_bytes(config::DEFAULT_TARGET_FILE_SIZE)
+                    .unwrap_or(u64::MAX),
+            })
+    }
+}
+
+fn parse_input(
+    raw: &config::InputConfig,
+    bad: &dyn Fn(&str, String) -> JobError,
+) -> Result<Input, JobError> {
+    let mut columns = Vec::new();
+    for (name, decl) in &raw.schema {
+        let key = format!("input.schema.{name}");
+        let decl = decl.as_str().ok_or_else(|| {
+            bad(
+                &key,
+                "write the type as a string, e.g. \"bigint not null\"".into(),
+            )
+        })?;
+        columns.push(schema::Column::parse(name, decl).map_err(|m| bad(&key, m))?);
+    }
+    if columns.is_empty() {
+        return Err(bad("input.schema", "declare at least one column".into()));
+    }
+    if let Some(tc) = &raw.time_column {
+        match columns.iter().find(|c| &c.name == tc) {
+            None => {
+                return Err(bad(
+                    "input.time_column",
+                    format!("\"{tc}\" is not a column of input.schema"),
+                ));
+            }
+            Some(c)
+                if !matches!(
+                    c.kind,
+                    ColumnType::TimestampMillis | ColumnType::TimestampMicros
+                ) =>
+            {
+                return Err(bad(
+                    "input.time_column",
+                    format!("\"{tc}\" must be declared as a timestamp"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if raw.csv.is_some() && raw.format != InputFormat::Csv {
+        return Err(bad(
+            "input.csv",
+            "CSV options only apply with format = \"csv\"".into(),
+        ));
+    }
+    let max_record_bytes = units::parse_bytes(
+        raw.max_record_bytes
+            .as_deref()
+            .unwrap_or(config::DEFAULT_MAX_RECORD_BYTES),
+    )
+    .map_err(|m| bad("input.max_record_bytes", m))? as usize;
+    Ok(Input {
+        format: raw.format,
+        schema: InputSchema { columns },
+        time_column: raw.time_column.clone(),
+        max_record_bytes,
+        csv: raw.csv.clone().unwrap_or_default(),
+    })
+}
+
+/// The project root of a job file: the parent of `jobs/` when the file is in a `jobs` folder,
+/// else the file's own folder.
+pub fn project_root(file: &Path) -> PathBuf {
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+    match (dir.file_name(), dir.parent()) {
+        (Some(n), Some(parent)) if n == "jobs" => parent.to_path_buf(),
+        _ => dir,
+    }
+}
+
+/// Adds "did you mean" to serde's unknown-field and unknown-variant messages.
+fn with_suggestion(message: String) -> String {
+    let Some(at) = message
+        .find("unknown field `")
+        .or_else(|| message.find("unknown variant `"))
+    else {
+        return message;
+    };
+    let names: Vec<&str> = message[at..].split('`').skip(1).step_by(2).collect();
+    let Some((given, expected)) = names.split_first() else {
+        return message;
+    };
+    let best = expected
+        .iter()
+        .map(|c| (strsim::jaro_winkler(given, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, name)) => format!("{}\n(did you mean \"{name}\"?)", message.trim_end()),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("sql/shop")).unwrap();
+        dir
+    }
+
+    const GOOD: &str = r#"
+name = "shop"
+transforms = "sql/shop"
+[input]
+format = "json"
+[input.schema]
+id = "string not null"
+[targets.local]
+source = { kind = "files", path = "data/*.jsonl" }
+lake = "lake"
+"#;
+
+    #[test]
+    fn loads_and_resolves_against_the_project_root() {
+        let dir = project();
+        let file = dir.path().join("jobs/shop.toml");
+        let job = Job::parse(&file, GOOD).unwrap();
+        assert_eq!(job.root, dir.path());
+        assert_eq!(
+            job.target(None).unwrap().lake,
+            dir.path().join("lake").display().to_string()
+        );
+        assert_eq!(job.batch.max_records, config::DEFAULT_MAX_RECORDS);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_suggests() {
+        let dir = project();
+        let file = dir.path().join("jobs/shop.toml");
+        let text = format!("{GOOD}\n[outputs.sales]\npartiton_by = [\"dt\"]\n");
+        let err = Job::parse(&file, &text).unwrap_err().to_string();
+        assert!(err.contains("shop.toml"), "{err}");
+        assert!(err.contains("line 13"), "{err}");
+        assert!(err.contains("did you mean \"partition_by\""), "{err}");
+    }
+
+    #[test]
+    fn bad_type_names_the_key() {
+        let dir = project();
+        let file = dir.path().join("jobs/shop.toml");
+        let text = GOOD.replace("string not null", "strng");
+        let err = Job::parse(&file, &text).unwrap_err().to_string();
+        assert!(
+            err.contains("input.schema.id: unknown type \"strng\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_source_kind_is_rejected() {
+        let dir = project();
+        let file = dir.path().join("jobs/shop.toml");
+        let text = GOOD.replace("kind = \"files\"", "kind = \"filez\"");
+        let err = Job::parse(&file, &text).unwrap_err().to_string();
+        assert!(err.contains("did you mean \"files\""), "{err}");
+    }
+}

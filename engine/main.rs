@@ -1,0 +1,5 @@
+//! The `weir` command line.
+
+fn main() -> std::process::ExitCode {
+    weir::cli::main()
+}

@@ -1,0 +1,339 @@
+//! The data path of one run, top to bottom: recover -> (replay) -> read -> decode -> batch ->
+//! plan -> transform -> write -> commit. Each step is one call into its module.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::batch::Batch;
+use crate::commit::{BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore};
+use crate::decode::{Decoded, Decoder};
+use crate::job::{BatchPolicy, InputFormat, Job, JobError, SourceConfig};
+use crate::sink::lake::{Lake, STATE};
+use crate::sink::{BatchOutput, Sink, SinkError};
+use crate::source::files::FileSource;
+use crate::source::{Checkpoint, ChunkLimits, RawChunk, Source, SourceError};
+use crate::storage::StorageError;
+use crate::transform::{TransformError, Transforms};
+
+/// Records per source chunk at most (smaller when `max_records` is smaller).
+const CHUNK_RECORDS: usize = 8192;
+/// Bytes per source chunk at most.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Chunks in flight between reader, decoder and batcher: with the batch itself, the memory bound.
+const CHANNEL_CHUNKS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+/// Overrides from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    pub target: Option<String>,
+    pub input: Option<String>,
+    pub lake: Option<String>,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub source: String,
+    pub lake: String,
+    pub records: u64,
+    pub dead_letters: u64,
+    pub batches: u64,
+    pub replayed: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub input_bytes: u64,
+    pub rows: BTreeMap<String, u64>,
+    pub last_batch: Option<u64>,
+    pub elapsed: Duration,
+}
+
+/// A job bound to its source, transforms, lake and commit log.
+pub struct Pipeline {
+    job: Job,
+    policy: BatchPolicy,
+    source: Arc<dyn Source>,
+    transforms: Transforms,
+    lake: Lake,
+    commits: Box<dyn CommitStore>,
+    progress: ProgressBar,
+    summary: RunSummary,
+    checkpoint: Checkpoint,
+}
+
+impl Pipeline {
+    /// Checks everything a run needs (job, SQL plans, source, lake) before any data moves.
+    pub async fn open(job: Job, opts: &RunOptions) -> Result<Self, PipelineError> {
+        let target = job.target(opts.target.as_deref())?.clone();
+        let transforms = Transforms::load(&job).await?;
+        let lake_url = opts.lake.clone().unwrap_or(target.lake.clone());
+        let lake = Lake::open(&lake_url, &job)?;
+        let policy = job.batch;
+        let limits = ChunkLimits {
+            records: CHUNK_RECORDS.min(policy.max_records),
+            bytes: CHUNK_BYTES.min(policy.max_bytes as usize),
+        };
+        let source: Arc<dyn Source> = match (&target.source, &opts.input) {
+            (_, Some(input)) => Arc::new(open_files(&job, input, limits).await?),
+            (SourceConfig::Files { path }, None) => Arc::new(open_files(&job, path, limits).await?),
+        };
+        let state = lake.path(&format!("{STATE}/{}", job.name));
+        let commits = Box::new(ObjectCommitStore::new(lake.store(), state, &job.name));
+        let summary = RunSummary {
+            source: source.describe(),
+            lake: lake.url().to_string(),
+            ..Default::default()
+        };
+        Ok(Self {
+            job,
+            policy,
+            source,
+            transforms,
+            lake,
+            commits,
+            progress: ProgressBar::hidden(),
+            summary,
+            checkpoint: Checkpoint::new(),
+        })
+    }
+
+    /// Total input bytes when known, for a progress bar.
+    pub fn size_hint(&self) -> Option<u64> {
+        self.source.size_hint()
+    }
+
+    /// Reports progress (input bytes) on this bar.
+    pub fn with_progress(mut self, bar: ProgressBar) -> Self {
+        self.progress = bar;
+        self
+    }
+
+    /// Runs until the source is exhausted or `shutdown` resolves; the batch in hand is committed.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, PipelineError> {
+        let started = Instant::now();
+        let mut next = self.recover().await?;
+
+        let (raw_tx, raw_rx) = mpsc::channel::<RawChunk>(CHANNEL_CHUNKS);
+        let (dec_tx, mut decoded) = mpsc::channel::<Decoded>(CHANNEL_CHUNKS);
+        let mut tasks: JoinSet<Result<(), SourceError>> = JoinSet::new();
+        let (source, from) = (self.source.clone(), self.checkpoint.clone());
+        tasks.spawn(async move { source.read(&from, raw_tx).await });
+        let decoder = Decoder::new(&self.job.input);
+        tasks.spawn_blocking(move || decode_loop(decoder, raw_rx, dec_tx));
+
+        tokio::pin!(shutdown);
+        let mut batch = Batch::default();
+        loop {
+            let deadline = batch.opened.map(|t| t + self.policy.max_age);
+            tokio::select! {
+                chunk = decoded.recv() => match chunk {
+                    Some(chunk) => {
+                        if batch.would_overflow(&self.policy, &chunk) {
+                            self.process(next, std::mem::take(&mut batch), false).await?;
+                            next += 1;
+                        }
+                        batch.push(chunk);
+                        if batch.is_due(&self.policy) {
+                            self.process(next, std::mem::take(&mut batch), false).await?;
+                            next += 1;
+                        }
+                    }
+                    None => break,
+                },
+                _ = sleep_until(deadline) => {
+                    self.process(next, std::mem::take(&mut batch), false).await?;
+                    next += 1;
+                }
+                _ = &mut shutdown => {
+                    tracing::info!("stopping: committing the batch in hand");
+                    break;
+                }
+            }
+        }
+        drop(decoded);
+        if !batch.is_empty() {
+            self.process(next, batch, false).await?;
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.expect("reader task panicked")?;
+        }
+        self.progress.finish_and_clear();
+        self.summary.elapsed = started.elapsed();
+        Ok(self.summary)
+    }
+
+    /// Loads the checkpoint and replays a planned but uncommitted batch; returns the next batch id.
+    async fn recover(&mut self) -> Result<u64, PipelineError> {
+        let recovered = self.commits.recover().await?;
+        if let Some(last) = &recovered.last {
+            self.checkpoint = last.checkpoint.clone();
+            self.summary.last_batch = Some(last.batch);
+            tracing::info!(
+                batch = last.batch,
+                "resuming after the last committed batch"
+            );
+        }
+        let mut next = recovered.last.map_or(1, |c| c.batch + 1);
+        if let Some(plan) = recovered.pending {
+            tracing::info!(
+                batch = plan.batch,
+                "replaying a batch that was planned but not committed"
+            );
+            let batch = self.read_range(&plan).await?;
+            self.process(plan.batch, batch, true).await?;
+            self.summary.replayed += 1;
+            next = plan.batch + 1;
+        }
+        Ok(next)
+    }
+
+    /// Re-reads and decodes exactly the range of a planned batch.
+    async fn read_range(&self, plan: &BatchPlan) -> Result<Batch, PipelineError> {
+        let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let source = self.source.clone();
+        let range = plan.range.clone();
+        let reader = tokio::spawn(async move { source.read_range(&range, tx).await });
+        let mut decoder = Decoder::new(&self.job.input);
+        let mut batch = Batch::default();
+        while let Some(chunk) = rx.recv().await {
+            batch.push(decoder.decode(&chunk));
+        }
+        reader.await.expect("reader task panicked")?;
+        Ok(batch)
+    }
+
+    /// One batch: plan -> transform -> write -> commit.
+    async fn process(&mut self, id: u64, batch: Batch, replay: bool) -> Result<(), PipelineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = self
+            .transforms
+            .transforms
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        if replay {
+            self.lake.discard(&self.job.name, id, &names).await?;
+        } else {
+            let plan = BatchPlan {
+                job: self.job.name.clone(),
+                batch: id,
+                range: batch.range.clone(),
+                planned_at: chrono::Utc::now(),
+            };
+            self.commits.plan(&plan).await?;
+        }
+
+        let outputs = self.transforms.run(batch.events).await?;
+
+        let files = self
+            .lake
+            .write(&BatchOutput {
+                job: &self.job.name,
+                batch: id,
+                tables: &outputs,
+                dead_letters: &batch.dead,
+            })
+            .await?;
+
+        for (shard, r) in &batch.range {
+            self.checkpoint.insert(shard.clone(), r.last.clone());
+        }
+        let rows: BTreeMap<String, u64> = outputs
+            .iter()
+            .map(|o| (o.name.clone(), o.rows() as u64))
+            .collect();
+        let record = CommitRecord {
+            job: self.job.name.clone(),
+            batch: id,
+            range: batch.range,
+            checkpoint: self.checkpoint.clone(),
+            records: batch.records as u64,
+            dead_letters: batch.dead.len() as u64,
+            rows: rows.clone(),
+            files: files.clone(),
+            committed_at: chrono::Utc::now(),
+        };
+        self.commits.commit(&record).await?;
+
+        let s = &mut self.summary;
+        s.records += batch.records as u64;
+        s.dead_letters += batch.dead.len() as u64;
+        s.batches += 1;
+        s.files += files.len() as u64;
+        s.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
+        s.input_bytes += batch.input_bytes;
+        s.last_batch = Some(id);
+        for (t, n) in rows {
+            *s.rows.entry(t).or_default() += n;
+        }
+        self.progress.inc(batch.input_bytes);
+        self.progress.set_message(format!(
+            "batch {id}: {} events, {} dead letters",
+            s.records, s.dead_letters
+        ));
+        tracing::debug!(
+            batch = id,
+            records = batch.records,
+            files = files.len(),
+            "committed"
+        );
+        Ok(())
+    }
+}
+
+async fn open_files(
+    job: &Job,
+    input: &str,
+    limits: ChunkLimits,
+) -> Result<FileSource, SourceError> {
+    let header = job.input.format == InputFormat::Csv && job.input.csv.header;
+    FileSource::open(input, &job.root, limits, header).await
+}
+
+/// Decodes chunks on a blocking thread, overlapping with transforms and writes.
+fn decode_loop(
+    mut decoder: Decoder,
+    mut rx: mpsc::Receiver<RawChunk>,
+    tx: mpsc::Sender<Decoded>,
+) -> Result<(), SourceError> {
+    while let Some(chunk) = rx.blocking_recv() {
+        if tx.blocking_send(decoder.decode(&chunk)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

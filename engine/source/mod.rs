@@ -1,0 +1,118 @@
+//! Sources yield raw records with their position (file + line; shard + sequence number), in
+//! bounded chunks, either after a checkpoint or over exactly one recorded batch range.
+
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Where a record sits in its shard: a line number for files.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Position {
+    Line(u64),
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Line(n) => write!(f, "line {n}"),
+        }
+    }
+}
+
+/// First and last record (inclusive) a batch took from one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRange {
+    pub first: Position,
+    pub last: Position,
+}
+
+/// Per shard, the range of one batch.
+pub type BatchRange = BTreeMap<String, ShardRange>;
+/// Per shard, the last position consumed by committed batches.
+pub type Checkpoint = BTreeMap<String, Position>;
+
+/// Records of one shard, stored back to back in one buffer.
+#[derive(Debug, Clone)]
+pub struct RawChunk {
+    pub shard: Arc<str>,
+    pub data: Bytes,
+    /// Byte range of each record in `data`.
+    pub bounds: Vec<(u32, u32)>,
+    pub positions: Vec<Position>,
+    /// Input bytes consumed to produce this chunk (compressed size for `.gz` files).
+    pub input_bytes: u64,
+}
+
+impl RawChunk {
+    pub fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bounds.is_empty()
+    }
+
+    pub fn record(&self, i: usize) -> &[u8] {
+        let (s, e) = self.bounds[i];
+        &self.data[s as usize..e as usize]
+    }
+
+    /// Raw size of the records.
+    pub fn record_bytes(&self) -> u64 {
+        self.bounds.iter().map(|(s, e)| (e - s) as u64).sum()
+    }
+}
+
+/// How many records and bytes a source puts in one chunk at most.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimits {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("input {input}: no file matches; check the path or glob")]
+    NoInput { input: String },
+    #[error("input {input}: {message}")]
+    Invalid { input: String, message: String },
+    #[error("reading {file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("listing {input}: {source}")]
+    Store {
+        input: String,
+        source: object_store::Error,
+    },
+    #[error(
+        "replaying batch: {shard} is not part of this source any more; restore it or start a new lake"
+    )]
+    MissingShard { shard: String },
+}
+
+/// A source of raw records.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Human description for logs and the summary.
+    fn describe(&self) -> String;
+    /// Total input bytes, when known (drives the progress bar).
+    fn size_hint(&self) -> Option<u64>;
+    /// Reads every record after `from`, in order, until the input is exhausted or the receiver
+    /// is dropped.
+    async fn read(&self, from: &Checkpoint, tx: mpsc::Sender<RawChunk>) -> Result<(), SourceError>;
+    /// Re-reads exactly the records of `range`.
+    async fn read_range(
+        &self,
+        range: &BatchRange,
+        tx: mpsc::Sender<RawChunk>,
+    ) -> Result<(), SourceError>;
+}

@@ -1,0 +1,379 @@
+//! Transforms: every `.sql` file of the job's folder is one output table. Each micro-batch is the
+//! table `events`; transforms run in dependency order and may read dimension tables and earlier
+//! outputs. Only queries are allowed, and every plan is checked at start-up.
+
+mod order;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::config::Dialect;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use crate::job::{DimTable, Job};
+
+/// The table each micro-batch is registered as.
+pub const EVENTS: &str = "events";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error("{folder}: no .sql files; add one file per output table (e.g. sales.sql)")]
+    NoTransforms { folder: String },
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{file}: \"{name}\" is not a valid table name; name the file with letters, digits and '_'"
+    )]
+    BadName { file: String, name: String },
+    #[error("{file}{at}: {message}")]
+    Sql {
+        file: String,
+        at: String,
+        message: String,
+    },
+    #[error("transforms read each other in a cycle: {cycle}; break the cycle")]
+    Cycle { cycle: String },
+    #[error("{job}: outputs.{table}: {message}")]
+    Output {
+        job: String,
+        table: String,
+        message: String,
+    },
+    #[error("dimension table {name} ({file}): {source}")]
+    Dimension {
+        name: String,
+        file: String,
+        source: DataFusionError,
+    },
+    #[error("{file}: running on batch: {source}")]
+    Execute {
+        file: String,
+        source: DataFusionError,
+    },
+}
+
+/// One transform file.
+#[derive(Debug, Clone)]
+pub struct Transform {
+    /// Output table name (the file stem).
+    pub name: String,
+    pub file: PathBuf,
+    pub sql: String,
+    statement: Statement,
+    /// Other transforms this one reads.
+    pub deps: BTreeSet<String>,
+}
+
+/// The output of one transform for one batch.
+#[derive(Debug, Clone)]
+pub struct TableOutput {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl TableOutput {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// A job's transforms, ordered and checked, with their session.
+pub struct Transforms {
+    ctx: SessionContext,
+    events_schema: SchemaRef,
+    /// In execution order.
+    pub transforms: Vec<Transform>,
+    /// Output schemas, in execution order.
+    pub schemas: Vec<SchemaRef>,
+}
+
+impl Transforms {
+    /// Loads the SQL files, dimension tables and plans everything against the declared schema.
+    pub async fn load(job: &Job) -> Result<Self, TransformError> {
+        let ctx = session();
+        for dim in &job.tables {
+            register_dimension(&ctx, dim).await?;
+        }
+        let events_schema = job.input.schema.table_schema();
+        let loaded = read_folder(&job.transforms, &ctx)?;
+        let dims: BTreeSet<String> = job.tables.iter().map(|t| t.name.clone()).collect();
+        for t in &loaded {
+            if t.name == EVENTS || dims.contains(&t.name) {
+                return Err(TransformError::BadName {
+                    file: t.file.display().to_string(),
+                    name: format!("{} (already the name of an input table)", t.name),
+                });
+            }
+        }
+        let transforms = order::sort(loaded)?;
+        let mut this = Self {
+            ctx,
+            events_schema,
+            transforms,
+            schemas: Vec::new(),
+        };
+        this.schemas = this.check(job).await?;
+        Ok(this)
+    }
+
+    /// Plans every transform on an empty batch and checks each output's settings.
+    async fn check(&self, job: &Job) -> Result<Vec<SchemaRef>, TransformError> {
+        let outputs = self.run(Vec::new()).await?;
+        let names: BTreeSet<&str> = self.transforms.iter().map(|t| t.name.as_str()).collect();
+        for name in job.outputs.keys() {
+            if !names.contains(name.as_str()) {
+                return Err(TransformError::Output {
+                    job: job.file.display().to_string(),
+                    table: name.clone(),
+                    message: format!(
+                        "no transform {}/{name}.sql produces this table; transforms: {}",
+                        job.transforms.display(),
+                        names.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+        for out in &outputs {
+            for col in job.output(&out.name).partition_by {
+                if out.schema.field_with_name(&col).is_err() {
+                    return Err(TransformError::Output {
+                        job: job.file.display().to_string(),
+                        table: out.name.clone(),
+                        message: format!(
+                            "partition column \"{col}\" is not a column of {name}.sql; it produces: {}",
+                            out.schema
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            name = out.name
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(outputs.into_iter().map(|o| o.schema).collect())
+    }
+
+    /// Runs every transform on one batch, in dependency order.
+    pub async fn run(&self, events: Vec<RecordBatch>) -> Result<Vec<TableOutput>, TransformError> {
+        self.replace_table(EVENTS, self.events_schema.clone(), events)
+            .map_err(|source| TransformError::Execute {
+                file: EVENTS.into(),
+                source,
+            })?;
+        let mut outputs = Vec::with_capacity(self.transforms.len());
+        for t in &self.transforms {
+            let plan = self
+                .ctx
+                .state()
+                .statement_to_plan(t.statement.clone())
+                .await
+                .and_then(|plan| read_only().verify_plan(&plan).map(|_| plan))
+                .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+            let df = self
+                .ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df
+                .collect()
+                .await
+                .map_err(|source| TransformError::Execute {
+                    file: t.file.display().to_string(),
+                    source,
+                })?;
+            self.replace_table(&t.name, schema.clone(), batches.clone())
+                .map_err(|source| TransformError::Execute {
+                    file: t.file.display().to_string(),
+                    source,
+                })?;
+            outputs.push(TableOutput {
+                name: t.name.clone(),
+                schema,
+                batches,
+            });
+        }
+        Ok(outputs)
+    }
+
+    fn replace_table(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), DataFusionError> {
+        let table = MemTable::try_new(schema, vec![batches])?;
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, Arc::new(table))?;
+        Ok(())
+    }
+}
+
+/// A session for transforms: SQL spans on (for error positions), no URL tables.
+fn session() -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    config.options_mut().sql_parser.collect_spans = true;
+    SessionContext::new_with_config(config)
+}
+
+/// Transforms may only query: no DDL, DML (COPY, INSERT) or SET.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+async fn register_dimension(ctx: &SessionContext, dim: &DimTable) -> Result<(), TransformError> {
+    let err = |source| TransformError::Dimension {
+        name: dim.name.clone(),
+        file: dim.path.display().to_string(),
+        source,
+    };
+    let path = dim.path.display().to_string();
+    let df = match dim.format.as_str() {
+        "csv" => ctx.read_csv(&path, CsvReadOptions::new()).await,
+        "json" => {
+            let ext = dim
+                .path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("json")
+                .to_string();
+            ctx.read_json(
+                &path,
+                JsonReadOptions::default().file_extension(&format!(".{ext}")),
+            )
+            .await
+        }
+        _ => ctx.read_parquet(&path, ParquetReadOptions::default()).await,
+    }
+    .map_err(err)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(err)?;
+    let table = MemTable::try_new(schema, vec![batches]).map_err(err)?;
+    ctx.register_table(dim.name.as_str(), Arc::new(table))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Reads and parses every `.sql` file of `folder`, refusing anything but a single query.
+fn read_folder(folder: &Path, ctx: &SessionContext) -> Result<Vec<Transform>, TransformError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .map_err(|source| TransformError::Read {
+            file: folder.display().to_string(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(TransformError::NoTransforms {
+            folder: folder.display().to_string(),
+        });
+    }
+    let state = ctx.state();
+    let dialect = Dialect::default();
+    let mut out = Vec::new();
+    for file in files {
+        let shown = file.display().to_string();
+        let sql = std::fs::read_to_string(&file).map_err(|source| TransformError::Read {
+            file: shown.clone(),
+            source,
+        })?;
+        let name = file
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if name.is_empty()
+            || name.starts_with(|c: char| c.is_ascii_digit())
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(TransformError::BadName { file: shown, name });
+        }
+        let statement = state
+            .sql_to_statement(&sql, &dialect)
+            .map_err(|e| sql_error(&file, &sql, e))?;
+        let is_query =
+            matches!(&statement, Statement::Statement(s) if matches!(**s, SqlStatement::Query(_)));
+        if !is_query {
+            return Err(TransformError::Sql {
+                file: shown,
+                at: String::new(),
+                message: "a transform must be a single SELECT (or WITH ... SELECT) query; DDL, DML, COPY and SET are not allowed".into(),
+            });
+        }
+        let deps = state
+            .resolve_table_references(&statement)
+            .map_err(|e| sql_error(&file, &sql, e))?
+            .into_iter()
+            .map(|r| r.table().to_string())
+            .collect();
+        out.push(Transform {
+            name,
+            file,
+            sql,
+            statement,
+            deps,
+        });
+    }
+    Ok(out)
+}
+
+/// A DataFusion error as a user message with file, line and column when known.
+fn sql_error(file: &Path, sql: &str, e: DataFusionError) -> TransformError {
+    let mut at = String::new();
+    let mut message = e.strip_backtrace();
+    if let Some(d) = e.diagnostic() {
+        if let Some(span) = d.span {
+            at = format!(":{}:{}", span.start.line, span.start.column);
+            if let Some(line) = sql.lines().nth(span.start.line.saturating_sub(1) as usize) {
+                let caret = " ".repeat(span.start.column.saturating_sub(1) as usize);
+                message = format!("{message}\n  | {line}\n  | {caret}^");
+            }
+        }
+        for help in &d.helps {
+            message.push_str(&format!("\n  help: {}", help.message));
+        }
+    } else if let Some(i) = message.find("at Line: ") {
+        // sqlparser errors carry "at Line: L, Column: C".
+        let rest = &message[i + "at Line: ".len()..];
+        let line: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let col: String = rest
+            .split("Column: ")
+            .nth(1)
+            .map(|c| c.chars().take_while(char::is_ascii_digit).collect())
+            .unwrap_or_default();
+        at = format!(":{line}:{col}");
+    }
+    if message.contains("table") && message.contains("not found") {
+        message.push_str(
+            "\n  hint: transforms can read `events`, the job's [tables], and other transforms by file name",
+        );
+    }
+    TransformError::Sql {
+        file: file.display().to_string(),
+        at,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

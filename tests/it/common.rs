@@ -1,0 +1,178 @@
+//! Helpers: a throwaway project, the `weir` binary, and DuckDB as an independent reader.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `weir` command.
+pub fn weir() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs a command, returning its output; panics with stderr when `ok` does not match.
+pub fn run(cmd: &mut Command, ok: bool) -> Output {
+    let out = cmd.output().expect("spawn");
+    if out.status.success() != ok {
+        panic!(
+            "{cmd:?} exited {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A temporary project: the sample job and its SQL, with `events` generated events.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn ecommerce(events: u64, files: u32, batch: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("jobs")).unwrap();
+        std::fs::create_dir_all(root.join("sql")).unwrap();
+        copy_dir(&repo().join("sql/ecommerce"), &root.join("sql/ecommerce"));
+        let job = std::fs::read_to_string(repo().join("jobs/ecommerce.toml")).unwrap();
+        let job = replace_section(&job, "[batch]", batch);
+        std::fs::write(root.join("jobs/ecommerce.toml"), job).unwrap();
+        run(
+            weir()
+                .args([
+                    "generate",
+                    "--events",
+                    &events.to_string(),
+                    "--files",
+                    &files.to_string(),
+                    "--out",
+                ])
+                .arg(root.join("data")),
+            true,
+        );
+        Self { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn job(&self) -> PathBuf {
+        self.root().join("jobs/ecommerce.toml")
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.root().join("lake")
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.root().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// `weir run` of the project's job.
+    pub fn run_cmd(&self) -> Command {
+        let mut c = weir();
+        c.arg("run").arg(self.job()).arg("--quiet");
+        c
+    }
+}
+
+/// Replaces a `[section]` of a TOML text (up to the next section) with `body`.
+pub fn replace_section(text: &str, header: &str, body: &str) -> String {
+    let start = text.find(header).expect("section");
+    let rest = &text[start + header.len()..];
+    let end = rest
+        .find("\n[")
+        .map(|i| start + header.len() + i + 1)
+        .unwrap_or(text.len());
+    format!("{}{header}\n{body}\n\n{}", &text[..start], &text[end..])
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// The test venv's Python, with DuckDB (installed by tests/setup.sh).
+fn python() -> PathBuf {
+    let p = std::env::var_os("WEIR_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run the tests with tests/run.sh, which installs DuckDB into .venv",
+        p.display()
+    );
+    p
+}
+
+/// Runs SQL in DuckDB (UTC session) and returns the rows as CSV lines without a header.
+pub fn duckdb(sql: &str) -> Vec<String> {
+    let script = r#"
+import csv, sys, duckdb
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+rows = con.execute(sys.stdin.read()).fetchall()
+w = csv.writer(sys.stdout, lineterminator="\n")
+for r in rows:
+    w.writerow(r)
+"#;
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb failed on:\n{sql}\n{}",
+        stderr(&out)
+    );
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+/// A DuckDB table expression over one lake table's Parquet files (partition columns read from
+/// inside the files, not the paths).
+pub fn lake_table(lake: &Path, table: &str) -> String {
+    format!(
+        "read_parquet('{}/{table}/**/*.parquet', hive_partitioning = false)",
+        lake.display()
+    )
+}
+
+/// A DuckDB table expression over the raw generated events.
+pub fn raw_events(root: &Path) -> String {
+    format!(
+        "read_json('{}/data/events/*.jsonl*', format = 'newline_delimited', columns = {{event_id: 'VARCHAR', event_time: 'TIMESTAMPTZ', event_type: 'VARCHAR', session_id: 'VARCHAR', user_id: 'BIGINT', product_id: 'INTEGER', quantity: 'INTEGER', price: 'DECIMAL(10,2)', order_id: 'VARCHAR'}})",
+        root.display()
+    )
+}

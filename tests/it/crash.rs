@@ -1,0 +1,117 @@
+//! Exactly once under crashes: `weir run` killed with SIGKILL at random moments, restarted, and
+//! the lake holds every input row exactly once. SIGTERM stops cleanly with the batch committed.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const SMALL_BATCHES: &str = "max_records = 250\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"";
+
+fn project() -> Project {
+    let p = Project::ecommerce(24_000, 4, SMALL_BATCHES);
+    p.write(
+        "sql/ecommerce/all_events.sql",
+        "SELECT event_id, event_type, CAST(event_time AS DATE) AS dt FROM events",
+    );
+    p
+}
+
+/// Every generated event is in `all_events` exactly once, and `sales` has no duplicates.
+fn assert_exactly_once(p: &Project) {
+    let lake = p.lake();
+    let counts = duckdb(&format!(
+        "SELECT count(*), count(DISTINCT event_id) FROM {}",
+        lake_table(&lake, "all_events")
+    ));
+    assert_eq!(counts, ["24000,24000"], "rows, distinct rows");
+    let missing = duckdb(&format!(
+        "SELECT count(*) FROM (SELECT event_id FROM {} EXCEPT SELECT event_id FROM {})",
+        raw_events(p.root()),
+        lake_table(&lake, "all_events")
+    ));
+    assert_eq!(missing, ["0"]);
+    let sales = duckdb(&format!(
+        "SELECT (SELECT count(*) FROM {}) = (SELECT count(*) FROM {} WHERE event_type IN ('purchase', 'refund'))",
+        lake_table(&lake, "sales"),
+        raw_events(p.root())
+    ));
+    assert_eq!(sales, ["True"]);
+}
+
+fn spawn(p: &Project) -> std::process::Child {
+    p.run_cmd()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir")
+}
+
+#[test]
+fn sigkill_at_random_moments_then_restart_is_exactly_once() {
+    let p = project();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("crash test seed {seed}");
+    let mut interrupted = 0;
+    let mut attempts = 0;
+    while interrupted < 6 && attempts < 40 {
+        attempts += 1;
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(50 + (seed >> 33) % 700);
+        let mut child = spawn(&p);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            interrupted += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        interrupted >= 6,
+        "only {interrupted} kills hit a running process"
+    );
+    let out = run(&mut p.run_cmd(), true);
+    eprintln!("{}", stdout(&out));
+    assert_exactly_once(&p);
+}
+
+#[test]
+fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
+    let p = project();
+    let mut child = spawn(&p);
+    let started = Instant::now();
+    // Wait until at least one batch committed, then ask it to stop.
+    let commits = p.lake().join("_weir/ecommerce/commits");
+    while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no commit within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let plans = std::fs::read_dir(p.lake().join("_weir/ecommerce/plans"))
+        .unwrap()
+        .count();
+    let done = std::fs::read_dir(&commits).unwrap().count();
+    assert_eq!(
+        plans, done,
+        "every planned batch is committed after SIGTERM"
+    );
+    if running {
+        assert!(done < 96, "the run stopped early ({done} batches)");
+    }
+    run(&mut p.run_cmd(), true);
+    assert_exactly_once(&p);
+}

@@ -1,0 +1,156 @@
+//! The sample job end to end: every output read back by DuckDB and compared with DuckDB's own
+//! computation over the raw events; re-runs add nothing; `weir query` and `weir test` work.
+
+use crate::common::*;
+
+const BATCH: &str = "max_records = 4000\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"";
+
+/// Rows of `a` not in `b`, and of `b` not in `a` (DuckDB), as a list of differing rows.
+fn symmetric_difference(a: &str, b: &str) -> Vec<String> {
+    duckdb(&format!(
+        "(({a}) EXCEPT ALL ({b})) UNION ALL (({b}) EXCEPT ALL ({a}))"
+    ))
+}
+
+#[test]
+fn ecommerce_outputs_match_an_independent_computation() {
+    let p = Project::ecommerce(30_000, 3, BATCH);
+    let out = run(&mut p.run_cmd(), true);
+    let text = stdout(&out);
+    assert!(text.contains("30,000 read, 0 dead letters"), "{text}");
+    assert!(text.contains("batches  8 committed"), "{text}");
+
+    let lake = p.lake();
+    let raw = raw_events(p.root());
+
+    // Layout: Hive folders, deterministic names, partition column inside the files.
+    let first = lake.join("sales/dt=2025-06-01/ecommerce-0000000001-000.parquet");
+    assert!(first.exists(), "missing {}", first.display());
+    let dts = duckdb(&format!(
+        "SELECT DISTINCT CAST(dt AS VARCHAR) FROM {} ORDER BY 1",
+        lake_table(&lake, "sales")
+    ));
+    assert!(dts.iter().any(|d| d == "2025-06-01"), "{dts:?}");
+
+    // sales: exactly the purchase and refund lines, with signed revenue.
+    let sales = symmetric_difference(
+        &format!(
+            "SELECT event_id, order_id, product_id, kind, quantity, price, revenue, event_time, dt FROM {}",
+            lake_table(&lake, "sales")
+        ),
+        &format!(
+            "SELECT event_id, order_id, product_id, event_type, quantity, price,
+                    CAST(CASE WHEN event_type = 'refund' THEN -1 ELSE 1 END * quantity * price AS DECIMAL(12,2)),
+                    event_time, CAST(event_time AS DATE)
+             FROM {raw} WHERE event_type IN ('purchase', 'refund')"
+        ),
+    );
+    assert!(sales.is_empty(), "sales differ: {sales:?}");
+    let n = duckdb(&format!(
+        "SELECT count(*) FROM {}",
+        lake_table(&lake, "sales")
+    ));
+    assert!(
+        n[0].parse::<u64>().unwrap() > 500,
+        "too few sales rows: {n:?}"
+    );
+
+    // funnel: per-batch rows summed per product and minute equal the whole-input counts.
+    let funnel = symmetric_difference(
+        &format!(
+            "SELECT product_id, minute, sum(views), sum(carts), sum(purchases), sum(revenue)
+             FROM {} GROUP BY ALL",
+            lake_table(&lake, "funnel")
+        ),
+        &format!(
+            "SELECT product_id, date_trunc('minute', event_time),
+                    count(*) FILTER (WHERE event_type = 'view'),
+                    count(*) FILTER (WHERE event_type = 'add_to_cart'),
+                    count(*) FILTER (WHERE event_type = 'purchase'),
+                    CAST(coalesce(sum(quantity * price) FILTER (WHERE event_type = 'purchase'), 0) AS DECIMAL(12,2))
+             FROM {raw} GROUP BY ALL"
+        ),
+    );
+    assert!(funnel.is_empty(), "funnel differs: {funnel:?}");
+
+    // inventory: net units per product and day, joined with the catalogue.
+    let products = format!("read_csv('{}/data/products.csv')", p.root().display());
+    let inventory = symmetric_difference(
+        &format!(
+            "SELECT product_id, name, dt, sum(units_sold), min(stock_on_hand) FROM {} GROUP BY ALL",
+            lake_table(&lake, "inventory")
+        ),
+        &format!(
+            "SELECT e.product_id, p.name, CAST(e.event_time AS DATE),
+                    sum(CASE WHEN event_type = 'refund' THEN -quantity ELSE quantity END), min(p.stock_on_hand)
+             FROM {raw} e JOIN {products} p USING (product_id)
+             WHERE event_type IN ('purchase', 'refund') GROUP BY ALL"
+        ),
+    );
+    assert!(inventory.is_empty(), "inventory differs: {inventory:?}");
+    let low = duckdb(&format!(
+        "SELECT count(*) FROM {} WHERE low_stock <> (stock_after < 10)",
+        lake_table(&lake, "inventory")
+    ));
+    assert_eq!(low, ["0"]);
+
+    // A second run finds nothing new and writes nothing.
+    let again = stdout(&run(&mut p.run_cmd(), true));
+    assert!(again.contains("nothing new to read"), "{again}");
+    let n2 = duckdb(&format!(
+        "SELECT count(*) FROM {}",
+        lake_table(&lake, "sales")
+    ));
+    assert_eq!(n, n2);
+
+    // weir query over the same lake.
+    let q = run(
+        weir().args(["query", "--lake"]).arg(&lake).args([
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM sales",
+        ]),
+        true,
+    );
+    assert_eq!(stdout(&q), format!("n\n{}\n", n[0]));
+}
+
+#[test]
+fn golden_tests_pass_and_a_changed_transform_shows_a_diff() {
+    let ok = run(
+        weir()
+            .current_dir(repo())
+            .args(["test", "jobs/ecommerce.toml"]),
+        true,
+    );
+    let text = stdout(&ok);
+    assert!(text.contains("ok   sales"), "{text}");
+    assert!(text.contains("0 failed"), "{text}");
+
+    // The same job with a changed transform fails with a diff.
+    let p = Project::ecommerce(10, 1, BATCH);
+    copy_golden(p.root());
+    std::fs::write(
+        p.root().join("data/products.csv"),
+        std::fs::read(repo().join("data/products.csv")).unwrap(),
+    )
+    .unwrap();
+    let sql = std::fs::read_to_string(p.root().join("sql/ecommerce/sales.sql")).unwrap();
+    p.write(
+        "sql/ecommerce/sales.sql",
+        &sql.replace("-1 ELSE 1", "-2 ELSE 1"),
+    );
+    let bad = run(weir().arg("test").arg(p.job()), false);
+    let text = stdout(&bad);
+    assert!(text.contains("FAIL sales"), "{text}");
+    assert!(text.contains("@@"), "no diff shown: {text}");
+}
+
+fn copy_golden(root: &std::path::Path) {
+    let to = root.join("tests/golden/ecommerce");
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(repo().join("tests/golden/ecommerce")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

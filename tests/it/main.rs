@@ -1,0 +1,7 @@
+//! Integration tests: the `weir` binary run as a user runs it, its lake read back by DuckDB.
+
+mod common;
+mod crash;
+mod dead_letters;
+mod ecommerce;
+mod errors;
