@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-const SMALL_BATCHES: &str = "max_records = 250\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"";
+const SMALL_BATCHES: &str = "max_records = 100\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"";
+const EVENTS: u64 = 60_000;
 
 fn project() -> Project {
-    let p = Project::ecommerce(24_000, 4, SMALL_BATCHES);
+    let p = Project::ecommerce(EVENTS, 4, SMALL_BATCHES);
     p.write(
         "sql/ecommerce/all_events.sql",
         "SELECT event_id, event_type, CAST(event_time AS DATE) AS dt FROM events",
@@ -24,7 +25,11 @@ fn assert_exactly_once(p: &Project) {
         "SELECT count(*), count(DISTINCT event_id) FROM {}",
         lake_table(&lake, "all_events")
     ));
-    assert_eq!(counts, ["24000,24000"], "rows, distinct rows");
+    assert_eq!(
+        counts,
+        [format!("{EVENTS},{EVENTS}")],
+        "rows, distinct rows"
+    );
     let missing = duckdb(&format!(
         "SELECT count(*) FROM (SELECT event_id FROM {} EXCEPT SELECT event_id FROM {})",
         raw_events(p.root()),
@@ -37,6 +42,13 @@ fn assert_exactly_once(p: &Project) {
         raw_events(p.root())
     ));
     assert_eq!(sales, ["True"]);
+}
+
+/// Number of files in the job's `plans` or `commits` folder.
+fn count(p: &Project, what: &str) -> usize {
+    std::fs::read_dir(p.lake().join("_weir/ecommerce").join(what))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn spawn(p: &Project) -> std::process::Child {
@@ -55,28 +67,45 @@ fn sigkill_at_random_moments_then_restart_is_exactly_once() {
         .unwrap()
         .as_nanos() as u64;
     eprintln!("crash test seed {seed}");
-    let mut interrupted = 0;
-    let mut attempts = 0;
-    while interrupted < 6 && attempts < 40 {
+    // Kill until several kills have hit a running process, at least two of them between a
+    // batch's plan and its commit (so that a replay is exercised).
+    let (mut interrupted, mut mid_batch, mut attempts) = (0, 0, 0);
+    while (interrupted < 8 || mid_batch < 2) && attempts < 60 {
         attempts += 1;
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(50 + (seed >> 33) % 700);
+        let delay = Duration::from_millis(20 + (seed >> 33) % 200);
         let mut child = spawn(&p);
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             interrupted += 1;
+            child.wait().unwrap();
+            if count(&p, "plans") > count(&p, "commits") {
+                mid_batch += 1;
+            }
+        } else {
+            child.wait().unwrap();
         }
-        child.wait().unwrap();
     }
     assert!(
-        interrupted >= 6,
+        interrupted >= 8,
         "only {interrupted} kills hit a running process"
     );
-    let out = run(&mut p.run_cmd(), true);
-    eprintln!("{}", stdout(&out));
+    assert!(
+        mid_batch >= 1,
+        "no kill landed between a plan and its commit"
+    );
+    assert!(
+        count(&p, "commits") > 0,
+        "the killed runs committed nothing"
+    );
+    let out = stdout(&run(&mut p.run_cmd(), true));
+    assert!(
+        out.contains("committed"),
+        "the final run had work left: {out}"
+    );
     assert_exactly_once(&p);
 }
 
@@ -110,7 +139,7 @@ fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
         "every planned batch is committed after SIGTERM"
     );
     if running {
-        assert!(done < 96, "the run stopped early ({done} batches)");
+        assert!(done < 600, "the run stopped early ({done} batches)");
     }
     run(&mut p.run_cmd(), true);
     assert_exactly_once(&p);

@@ -45,7 +45,7 @@ fn job_file_errors_name_file_key_and_fix() {
 
     std::fs::write(
         p.job(),
-        job.replace("max_age = \"5s\"", "max_age = \"soon\""),
+        job.replace("max_records = 10", "max_records = 10\nmax_age = \"soon\""),
     )
     .unwrap();
     let err = fails(&p, "run");
