@@ -14,7 +14,7 @@ use crate::batch::Batch;
 use crate::commit::{BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore};
 use crate::decode::{Decoded, Decoder};
 use crate::job::{BatchPolicy, InputFormat, Job, JobError, SourceConfig};
-use crate::sink::lake::{Lake, STATE};
+use crate::sink::lake::{DEAD_LETTERS, Lake, STATE};
 use crate::sink::{BatchOutput, Sink, SinkError};
 use crate::source::files::FileSource;
 use crate::source::{Checkpoint, ChunkLimits, RawChunk, Source, SourceError};
@@ -63,6 +63,9 @@ pub struct RunSummary {
     pub replayed: u64,
     pub files: u64,
     pub bytes: u64,
+    /// Small files merged by compaction, and the files they became.
+    pub compacted: u64,
+    pub compacted_into: u64,
     pub input_bytes: u64,
     pub rows: BTreeMap<String, u64>,
     pub last_batch: Option<u64>,
@@ -146,6 +149,7 @@ impl Pipeline {
         tasks.spawn_blocking(move || decode_loop(decoder, raw_rx, dec_tx));
 
         tokio::pin!(shutdown);
+        let mut stopping = false;
         let mut batch = Batch::default();
         loop {
             let deadline = batch.opened.map(|t| t + self.policy.max_age);
@@ -170,6 +174,7 @@ impl Pipeline {
                 }
                 _ = &mut shutdown => {
                     tracing::info!("stopping: committing the batch in hand");
+                    stopping = true;
                     break;
                 }
             }
@@ -181,6 +186,9 @@ impl Pipeline {
         while let Some(result) = tasks.join_next().await {
             result.expect("reader task panicked")?;
         }
+        if !stopping && self.policy.compact_every > 0 {
+            self.compact().await?;
+        }
         self.progress.finish_and_clear();
         self.summary.elapsed = started.elapsed();
         Ok(self.summary)
@@ -188,6 +196,7 @@ impl Pipeline {
 
     /// Loads the checkpoint and replays a planned but uncommitted batch; returns the next batch id.
     async fn recover(&mut self) -> Result<u64, PipelineError> {
+        self.lake.recover_compaction(&self.job.name).await?;
         let recovered = self.commits.recover().await?;
         if let Some(last) = &recovered.last {
             self.checkpoint = last.checkpoint.clone();
@@ -303,6 +312,30 @@ impl Pipeline {
             files = files.len(),
             "committed"
         );
+        if self.policy.compact_every > 0 && id.is_multiple_of(self.policy.compact_every) {
+            self.compact().await?;
+        }
+        Ok(())
+    }
+
+    /// Merges small files of committed batches.
+    async fn compact(&mut self) -> Result<(), PipelineError> {
+        let Some(committed) = self.summary.last_batch else {
+            return Ok(());
+        };
+        let mut tables: Vec<String> = self
+            .transforms
+            .transforms
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        tables.push(DEAD_LETTERS.to_string());
+        let done = self
+            .lake
+            .compact(&self.job.name, committed, &tables)
+            .await?;
+        self.summary.compacted += done.merged;
+        self.summary.compacted_into += done.written;
         Ok(())
     }
 }

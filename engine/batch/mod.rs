@@ -88,6 +88,7 @@ mod tests {
             max_records: 10,
             max_bytes: 10_000,
             max_age: Duration::from_secs(60),
+            compact_every: 0,
         };
         let mut b = Batch::default();
         assert!(!b.would_overflow(&policy, &decoded("a", 1, 50)));

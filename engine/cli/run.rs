@@ -88,6 +88,12 @@ fn print_summary(job: &str, target: &str, s: &RunSummary) {
         }
     );
     println!("  files    {} written, {}", s.files, format_bytes(s.bytes));
+    if s.compacted > 0 {
+        println!(
+            "  compact  {} small files merged into {}",
+            s.compacted, s.compacted_into
+        );
+    }
     let rows: Vec<String> = s
         .rows
         .iter()

@@ -11,6 +11,8 @@ pub const DEFAULT_MAX_RECORDS: usize = 200_000;
 pub const DEFAULT_MAX_BYTES: &str = "64MiB";
 /// Age of the oldest record in a micro-batch before it is flushed.
 pub const DEFAULT_MAX_AGE: &str = "5s";
+/// Small files are merged every this many batches (0: never).
+pub const DEFAULT_COMPACT_EVERY: u64 = 16;
 /// Largest accepted record; longer ones become dead letters.
 pub const DEFAULT_MAX_RECORD_BYTES: &str = "1MiB";
 /// Parquet file size above which an output partition rolls over to a new file.
@@ -97,6 +99,7 @@ pub struct BatchConfig {
     pub max_records: Option<usize>,
     pub max_bytes: Option<String>,
     pub max_age: Option<String>,
+    pub compact_every: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,8 @@ pub struct BatchPolicy {
     pub max_records: usize,
     pub max_bytes: u64,
     pub max_age: Duration,
+    /// Merge small lake files every this many batches (and at the end of a file run); 0: never.
+    pub compact_every: u64,
 }
 
 /// The decoded input description.
@@ -166,6 +168,10 @@ impl Job {
                     .unwrap_or(config::DEFAULT_MAX_AGE),
             )
             .map_err(|m| bad("batch.max_age", m))?,
+            compact_every: raw
+                .batch
+                .compact_every
+                .unwrap_or(config::DEFAULT_COMPACT_EVERY),
         };
         if batch.max_records == 0 || batch.max_bytes == 0 || batch.max_age.is_zero() {
             return Err(bad("batch", "limits must be greater than zero".into()));

@@ -15,6 +15,7 @@ fn symmetric_difference(a: &str, b: &str) -> Vec<String> {
 #[test]
 fn ecommerce_outputs_match_an_independent_computation() {
     let p = Project::ecommerce(30_000, 3, BATCH);
+    gzip(&p.root().join("data/events/part-00001.jsonl"));
     let out = run(&mut p.run_cmd(), true);
     let text = stdout(&out);
     assert!(text.contains("30,000 read, 0 dead letters"), "{text}");
@@ -32,9 +33,17 @@ fn ecommerce_outputs_match_an_independent_computation() {
     let lake = p.lake();
     let raw = raw_events(p.root());
 
-    // Layout: Hive folders, deterministic names, partition column inside the files.
-    let first = lake.join("sales/dt=2025-06-01/ecommerce-0000000001-000.parquet");
-    assert!(first.exists(), "missing {}", first.display());
+    // Layout: Hive folders; the batches' small files compacted into one per partition at the end.
+    let files: Vec<String> = std::fs::read_dir(lake.join("sales/dt=2025-06-01"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with("ecommerce-c00000000") && files[0].ends_with("-000.parquet"),
+        "{files:?}"
+    );
+    assert!(text.contains("small files merged"), "{text}");
     let dts = duckdb(&format!(
         "SELECT DISTINCT CAST(dt AS VARCHAR) FROM {} ORDER BY 1",
         lake_table(&lake, "sales")
@@ -153,6 +162,17 @@ fn golden_tests_pass_and_a_changed_transform_shows_a_diff() {
     let text = stdout(&bad);
     assert!(text.contains("FAIL sales"), "{text}");
     assert!(text.contains("@@"), "no diff shown: {text}");
+}
+
+/// Replaces `path` by `path.gz`.
+fn gzip(path: &std::path::Path) {
+    use std::io::Write;
+    let data = std::fs::read(path).unwrap();
+    let out = std::fs::File::create(format!("{}.gz", path.display())).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    gz.write_all(&data).unwrap();
+    gz.finish().unwrap();
+    std::fs::remove_file(path).unwrap();
 }
 
 fn copy_golden(root: &std::path::Path) {

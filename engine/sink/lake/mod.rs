@@ -1,6 +1,7 @@
 //! The lake: Parquet (zstd) files through object_store, one folder per table, Hive partitions,
 //! file names derived from (job, batch, file number) so a replayed batch overwrites its own files.
 
+mod compact;
 pub mod dead_letters;
 pub mod partition;
 
@@ -17,6 +18,8 @@ use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+
+pub use compact::Compacted;
 
 use super::{BatchOutput, Sink, SinkError, WrittenFile};
 use crate::job::{Job, OutputSpec};
@@ -108,10 +111,9 @@ impl Lake {
             };
             files.extend(
                 self.write_files(
-                    job,
-                    batch,
                     table,
                     &folder,
+                    &batch_prefix(job, batch),
                     schema,
                     &rows,
                     spec.target_file_size,
@@ -122,14 +124,12 @@ impl Lake {
         Ok(files)
     }
 
-    /// Writes `rows` into `folder` as `<job>-<batch>-<n>.parquet`, a new file past `target` bytes.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `rows` into `folder` as `<prefix>-<n>.parquet`, a new file past `target` bytes.
     async fn write_files(
         &self,
-        job: &str,
-        batch: u64,
         table: &str,
         folder: &str,
+        prefix: &str,
         schema: &SchemaRef,
         rows: &[RecordBatch],
         target: u64,
@@ -137,7 +137,7 @@ impl Lake {
         let mut files = Vec::new();
         let mut rest = rows.iter().peekable();
         while rest.peek().is_some() {
-            let relative = format!("{folder}/{}", file_name(job, batch, files.len()));
+            let relative = format!("{folder}/{prefix}-{:03}.parquet", files.len());
             let path = self.path(&relative);
             let err = |source| SinkError::Parquet {
                 path: relative.clone(),
@@ -175,9 +175,10 @@ impl Lake {
     }
 }
 
-/// The name of file `n` of `batch`: the same on every replay.
-pub fn file_name(job: &str, batch: u64, n: usize) -> String {
-    format!("{job}-{batch:010}-{n:03}.parquet")
+/// The start of every file name of `batch` (`<job>-<batch>`, then `-<n>.parquet`): the same on
+/// every replay.
+pub fn batch_prefix(job: &str, batch: u64) -> String {
+    format!("{job}-{batch:010}")
 }
 
 /// Parquet settings for every file: zstd, statistics on, a recognisable writer name.
@@ -217,7 +218,7 @@ impl Sink for Lake {
     }
 
     async fn discard(&self, job: &str, batch: u64, tables: &[String]) -> Result<(), SinkError> {
-        let prefix = format!("{job}-{batch:010}-");
+        let prefix = format!("{}-", batch_prefix(job, batch));
         for table in tables.iter().map(String::as_str).chain([DEAD_LETTERS]) {
             let folder = self.path(table);
             let stale: Vec<Path> = self
@@ -249,5 +250,54 @@ impl Sink for Lake {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn rolls_over_at_the_target_size_and_replays_to_the_same_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, root) = storage::parse(&dir.path().display().to_string()).unwrap();
+        let lake = Lake {
+            store,
+            root,
+            url: String::new(),
+            outputs: BTreeMap::new(),
+            default_output: OutputSpec {
+                partition_by: vec![],
+                target_file_size: 1,
+            },
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batches: Vec<RecordBatch> = (0..3)
+            .map(|i| {
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(Int64Array::from(vec![i; 10]))],
+                )
+                .unwrap()
+            })
+            .collect();
+        let files = lake
+            .write_table("j", 7, "t", &schema, &batches)
+            .await
+            .unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "t/j-0000000007-000.parquet",
+                "t/j-0000000007-001.parquet",
+                "t/j-0000000007-002.parquet"
+            ]
+        );
+        assert!(files.iter().all(|f| f.rows == 10 && f.bytes > 0));
+        lake.discard("j", 7, &["t".into()]).await.unwrap();
+        assert!(!dir.path().join("t/j-0000000007-000.parquet").exists());
     }
 }
