@@ -69,6 +69,8 @@ fn chunks(dir: &std::path::Path) -> Vec<RawChunk> {
                     data: data.slice(base..start),
                     bounds: std::mem::take(&mut bounds),
                     positions: std::mem::take(&mut positions),
+                    rejected: vec![],
+                    arrived_ms: None,
                     input_bytes: 0,
                 });
                 base = start;
@@ -81,6 +83,8 @@ fn chunks(dir: &std::path::Path) -> Vec<RawChunk> {
             data: data.slice(base..start),
             bounds,
             positions,
+            rejected: vec![],
+            arrived_ms: None,
             input_bytes: 0,
         });
     }

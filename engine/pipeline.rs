@@ -17,6 +17,7 @@ use crate::job::{BatchPolicy, InputFormat, Job, JobError, SourceConfig};
 use crate::sink::lake::{DEAD_LETTERS, Lake, STATE};
 use crate::sink::{BatchOutput, Sink, SinkError};
 use crate::source::files::FileSource;
+use crate::source::kinesis::{KinesisSource, StartAt};
 use crate::source::{Checkpoint, ChunkLimits, RawChunk, Source, SourceError};
 use crate::storage::StorageError;
 use crate::transform::{TransformError, Transforms};
@@ -100,6 +101,23 @@ impl Pipeline {
         let source: Arc<dyn Source> = match (&target.source, &opts.input) {
             (_, Some(input)) => Arc::new(open_files(&job, input, limits).await?),
             (SourceConfig::Files { path }, None) => Arc::new(open_files(&job, path, limits).await?),
+            (
+                SourceConfig::Kinesis {
+                    stream,
+                    start,
+                    timestamp,
+                },
+                None,
+            ) => {
+                let start =
+                    StartAt::parse(start.as_deref(), timestamp.as_deref()).map_err(|message| {
+                        SourceError::Invalid {
+                            input: stream.clone(),
+                            message,
+                        }
+                    })?;
+                Arc::new(KinesisSource::open(stream, start, limits).await?)
+            }
         };
         let state = lake.path(&format!("{STATE}/{}", job.name));
         let commits = Box::new(ObjectCommitStore::new(lake.store(), state, &job.name));
@@ -183,8 +201,16 @@ impl Pipeline {
         if !batch.is_empty() {
             self.process(next, batch, false).await?;
         }
+        if stopping {
+            // The source may be waiting on a quiet stream: stop it; the decoder then drains.
+            tasks.abort_all();
+        }
         while let Some(result) = tasks.join_next().await {
-            result.expect("reader task panicked")?;
+            match result {
+                Ok(r) => r?,
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => panic!("reader task failed: {e}"),
+            }
         }
         if !stopping && self.policy.compact_every > 0 {
             self.compact().await?;
@@ -240,6 +266,7 @@ impl Pipeline {
         if batch.is_empty() {
             return Ok(());
         }
+        let flushed = Instant::now();
         let names: Vec<String> = self
             .transforms
             .transforms
@@ -289,6 +316,7 @@ impl Pipeline {
             committed_at: chrono::Utc::now(),
         };
         self.commits.commit(&record).await?;
+        record_metrics(&batch.arrivals, flushed, &record);
 
         let s = &mut self.summary;
         s.records += batch.records as u64;
@@ -347,6 +375,24 @@ async fn open_files(
 ) -> Result<FileSource, SourceError> {
     let header = job.input.format == InputFormat::Csv && job.input.csv.header;
     FileSource::open(input, &job.root, limits, header).await
+}
+
+/// Prometheus metrics of one committed batch.
+fn record_metrics(arrivals: &[(i64, usize)], flushed: Instant, record: &CommitRecord) {
+    let now_ms = record.committed_at.timestamp_millis();
+    metrics::counter!("weir_records_in_total").increment(record.records);
+    metrics::counter!("weir_dead_letters_total").increment(record.dead_letters);
+    metrics::counter!("weir_batches_committed_total").increment(1);
+    metrics::counter!("weir_files_written_total").increment(record.files.len() as u64);
+    metrics::counter!("weir_bytes_written_total")
+        .increment(record.files.iter().map(|f| f.bytes).sum());
+    metrics::histogram!("weir_commit_latency_seconds").record(flushed.elapsed().as_secs_f64());
+    metrics::gauge!("weir_last_commit_timestamp_seconds").set(now_ms as f64 / 1e3);
+    metrics::gauge!("weir_last_committed_batch").set(record.batch as f64);
+    let freshness = metrics::histogram!("weir_freshness_seconds");
+    for (arrived, _) in arrivals {
+        freshness.record((now_ms - arrived).max(0) as f64 / 1e3);
+    }
 }
 
 /// Decodes chunks on a blocking thread, overlapping with transforms and writes.

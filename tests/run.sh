@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The test command: installs/starts what the tests need, then runs every test (unit, integration,
-# golden SQL tests of the sample job). Usage: tests/run.sh [extra cargo test args]
+# The test command: installs/starts what the tests need (tests/setup.sh), then runs every test
+# (unit, integration, golden SQL tests of the sample job). Usage: tests/run.sh [cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh
 export WEIR_TEST_PYTHON="$PWD/.venv/bin/python"
+export WEIR_TEST_KINESIS="http://127.0.0.1:45670"
+export WEIR_TEST_S3="http://127.0.0.1:45671"
 cargo test --locked "$@"
 cargo run --locked --quiet -- test jobs/ecommerce.toml

@@ -1,18 +1,50 @@
 #!/usr/bin/env bash
 # Installs and starts, idempotently and on loopback only, everything the tests need that the
-# machine does not already run: a Python venv with the independent readers (DuckDB).
+# machine does not already run:
+#   .venv             Python venv: DuckDB (independent reader), boto3 + aws_kinesis_agg
+#                     (independent producers), moto (S3/Glue/DynamoDB stand-in)
+#   .stand-ins/       kinesalite (npm) for Kinesis
+#   127.0.0.1:45670   kinesalite      127.0.0.1:45671   moto server
+# Prints the environment the tests use (sourced by tests/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 venv="$root/.venv"
-stamp="$venv/.requirements"
+stand="$root/.stand-ins"
+mkdir -p "$stand"
+
 if [ ! -x "$venv/bin/python" ]; then
-  echo "setup: creating $venv"
+  echo "setup: creating $venv" >&2
   python3 -m venv "$venv"
 fi
-if ! cmp -s tests/requirements.txt "$stamp"; then
-  echo "setup: installing tests/requirements.txt into $venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-  cp tests/requirements.txt "$stamp"
+if ! cmp -s tests/requirements.txt "$venv/.requirements"; then
+  echo "setup: installing tests/requirements.txt into $venv" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt >&2
+  cp tests/requirements.txt "$venv/.requirements"
 fi
-"$venv/bin/python" -c 'import duckdb' || { echo "setup: the test venv is broken; delete $venv and run again" >&2; exit 1; }
+"$venv/bin/python" -c 'import duckdb, boto3, aws_kinesis_agg, moto' \
+  || { echo "setup: the test venv is broken; delete $venv and run again" >&2; exit 1; }
+
+if ! cmp -s tests/stand-ins/package.json "$stand/package.json"; then
+  command -v npm >/dev/null || { echo "setup: npm is needed for kinesalite (apt-get install nodejs npm)" >&2; exit 1; }
+  echo "setup: installing kinesalite into $stand" >&2
+  cp tests/stand-ins/package.json "$stand/package.json"
+  (cd "$stand" && npm install --no-audit --no-fund --silent >&2)
+fi
+cp tests/stand-ins/kinesalite.js "$stand/kinesalite.js"
+
+open_port() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 1 100); do open_port "$1" && return 0; sleep 0.1; done
+  echo "setup: $2 did not start on 127.0.0.1:$1; see $stand/$2.log" >&2; exit 1
+}
+if ! open_port 45670; then
+  echo "setup: starting kinesalite on 127.0.0.1:45670" >&2
+  (cd "$stand" && PORT=45670 setsid nohup node kinesalite.js >"$stand/kinesalite.log" 2>&1 &)
+  wait_port 45670 kinesalite
+fi
+if ! open_port 45671; then
+  echo "setup: starting moto on 127.0.0.1:45671" >&2
+  (setsid nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 45671 >"$stand/moto.log" 2>&1 &)
+  wait_port 45671 moto
+fi

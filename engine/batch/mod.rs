@@ -20,6 +20,8 @@ pub struct Batch {
     pub input_bytes: u64,
     /// When the first record of the batch arrived.
     pub opened: Option<Instant>,
+    /// Source arrival time (epoch ms) of each chunk's oldest record, with the chunk's size.
+    pub arrivals: Vec<(i64, usize)>,
 }
 
 impl Batch {
@@ -55,6 +57,9 @@ impl Batch {
                 first: chunk.first,
                 last: chunk.last,
             });
+        if let Some(a) = chunk.arrived_ms {
+            self.arrivals.push((a, chunk.records));
+        }
         self.events.extend(chunk.batches);
         self.dead.extend(chunk.dead);
         self.records += chunk.records;
@@ -79,6 +84,7 @@ mod tests {
             records: (last - first + 1) as usize,
             record_bytes: 100 * (last - first + 1),
             input_bytes: 0,
+            arrived_ms: None,
         }
     }
 

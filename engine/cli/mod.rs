@@ -1,6 +1,7 @@
 //! The `weir` command line: clap definitions and one module per command.
 
 mod generate;
+mod produce;
 mod query;
 mod run;
 mod test;
@@ -43,6 +44,8 @@ pub enum Command {
     Query(query::Args),
     /// Write deterministic, realistic e-commerce sample data (events and products.csv).
     Generate(generate::Args),
+    /// Send generated e-commerce events to a Kinesis stream (load driver, test producer).
+    Produce(produce::Args),
 }
 
 /// Parses the command line, runs the command and maps errors to exit codes: 1 for a failed run,
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
             Command::Test(a) => test::run(a).await,
             Command::Query(a) => query::run(a).await,
             Command::Generate(a) => generate::run(a).await,
+            Command::Produce(a) => produce::run(a).await,
         }
     });
     match result {

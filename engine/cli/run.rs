@@ -23,6 +23,9 @@ pub struct Args {
     /// Write to this lake (folder or URL) instead of the target's.
     #[arg(long)]
     pub lake: Option<String>,
+    /// Serve /metrics and /health here (overrides the target's `metrics`), e.g. 127.0.0.1:9898.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -36,7 +39,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         input: args.input.clone(),
         lake: args.lake.clone(),
     };
-    let target = job.target(opts.target.as_deref())?.name.clone();
+    let target = job.target(opts.target.as_deref())?.clone();
+    let mut server = tokio::task::JoinSet::new();
+    if let Some(addr) = args.metrics.or(target.metrics) {
+        let serve = crate::metrics::serve(addr, crate::metrics::install()?).await?;
+        server.spawn(serve);
+        eprintln!("metrics on http://{addr}/metrics, health on http://{addr}/health");
+    }
+    let target = target.name;
     let pipeline = Pipeline::open(job, &opts).await?;
     let bar = match (args.quiet, pipeline.size_hint()) {
         (false, Some(total)) => {
@@ -47,6 +57,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 )
                 .expect("valid template"),
             );
+            bar
+        }
+        (false, None) => {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {msg}  (Ctrl-C to stop)",
+                )
+                .expect("valid template"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(250));
             bar
         }
         _ => ProgressBar::hidden(),

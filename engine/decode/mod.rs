@@ -37,6 +37,8 @@ pub struct Decoded {
     pub records: usize,
     pub record_bytes: u64,
     pub input_bytes: u64,
+    /// Arrival time of the oldest record (epoch ms), when known.
+    pub arrived_ms: Option<i64>,
 }
 
 /// Decodes a run of complete records (bytes of `n` records, newline separated) into exactly one
@@ -73,7 +75,10 @@ impl Decoder {
         let mut run_start = None;
         for i in 0..chunk.len() {
             let raw = chunk.record(i);
-            let problem = if raw.len() > self.max_record_bytes {
+            let known = chunk.rejected.iter().find(|(at, _)| *at as usize == i);
+            let problem = if let Some((_, reason)) = known {
+                Some(reason.clone())
+            } else if raw.len() > self.max_record_bytes {
                 Some(format!(
                     "record is {} bytes, over the limit of {} (input.max_record_bytes)",
                     raw.len(),
@@ -109,6 +114,7 @@ impl Decoder {
             records: chunk.len(),
             record_bytes: chunk.record_bytes(),
             input_bytes: chunk.input_bytes,
+            arrived_ms: chunk.arrived_ms,
         }
     }
 

@@ -37,6 +37,8 @@ fn chunk(lines: &[&[u8]]) -> RawChunk {
         data: data.into(),
         positions: (1..=lines.len() as u64).map(Position::Line).collect(),
         bounds,
+        rejected: vec![],
+        arrived_ms: None,
         input_bytes: 0,
     }
 }

@@ -131,7 +131,7 @@ pub fn write(out: &Path, opts: &Options) -> std::io::Result<Generated> {
 
     let files = opts.files.max(1) as u64;
     let per_file = opts.events.div_ceil(files);
-    let mut events = EventGen::new(opts, catalogue);
+    let mut events = EventStream::new(opts, catalogue);
     let mut event_files = Vec::new();
     for f in 0..files {
         let n = per_file.min(opts.events.saturating_sub(f * per_file));
@@ -176,8 +176,8 @@ struct Event {
     order: Option<u64>,
 }
 
-/// Produces events session by session.
-struct EventGen {
+/// Produces events session by session, as JSON lines.
+pub struct EventStream {
     rng: ChaCha8Rng,
     catalogue: Vec<Product>,
     users: u64,
@@ -190,8 +190,9 @@ struct EventGen {
     orders: u64,
 }
 
-impl EventGen {
-    fn new(opts: &Options, catalogue: Vec<Product>) -> Self {
+impl EventStream {
+    /// Events over `catalogue` (see [`products`]).
+    pub fn new(opts: &Options, catalogue: Vec<Product>) -> Self {
         let sessions = (opts.events as f64 / 4.5).max(1.0);
         Self {
             rng: ChaCha8Rng::seed_from_u64(opts.seed),
@@ -280,12 +281,26 @@ impl EventGen {
         }
     }
 
-    fn next_line(&mut self, out: &mut String) {
+    /// The session of the event last written (a natural partition key).
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// Appends the next event as one JSON line.
+    pub fn next_line(&mut self, out: &mut String) {
+        self.next_line_at(out, None)
+    }
+
+    /// Appends the next event, stamped `now` instead of simulated time when given (live streams).
+    pub fn next_line_at(&mut self, out: &mut String, now: Option<DateTime<Utc>>) {
         use std::fmt::Write as _;
         if self.queue.is_empty() {
             self.new_session();
         }
-        let e = self.queue.pop_front().expect("session has events");
+        let mut e = self.queue.pop_front().expect("session has events");
+        if let Some(now) = now {
+            e.time = now;
+        }
         let id = self.rng.random::<u128>();
         let _ = write!(
             out,

@@ -127,6 +127,8 @@ pub struct TargetConfig {
     pub source: SourceConfig,
     /// Lake root: a local folder (relative to the project root) or an object store URL.
     pub lake: String,
+    /// Serve `/metrics` and `/health` on this address (e.g. "127.0.0.1:9898").
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +136,14 @@ pub struct TargetConfig {
 pub enum SourceConfig {
     /// Files by path, glob or URL (`file://`, `s3://`); `.gz` files are decompressed.
     Files { path: String },
+    /// A Kinesis stream, read continuously until Ctrl-C / SIGTERM.
+    Kinesis {
+        stream: String,
+        /// "trim_horizon" (default), "latest" or "at_timestamp" (for shards without a checkpoint).
+        start: Option<String>,
+        /// RFC 3339 time for start = "at_timestamp".
+        timestamp: Option<String>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]

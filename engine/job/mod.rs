@@ -71,6 +71,7 @@ pub struct Target {
     pub name: String,
     pub source: SourceConfig,
     pub lake: String,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A checked job.
@@ -241,10 +242,25 @@ impl Job {
                 "no target defined; add e.g. [targets.local] with source and lake".into(),
             ));
         }
-        let targets = raw
-            .targets
-            .into_iter()
-            .map(|(name, t)| {
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw.targets {
+            let metrics = match &t.metrics {
+                Some(addr) => Some(addr.parse().map_err(|_| {
+                    bad(
+                        &format!("targets.{name}.metrics"),
+                        format!("\"{addr}\" is not an address; write e.g. \"127.0.0.1:9898\""),
+                    )
+                })?),
+                None => None,
+            };
+            if let SourceConfig::Kinesis {
+                start, timestamp, ..
+            } = &t.source
+            {
+                crate::source::kinesis::StartAt::parse(start.as_deref(), timestamp.as_deref())
+                    .map_err(|m| bad(&format!("targets.{name}.source"), m))?;
+            }
+            let target = {
                 let lake = if t.lake.contains("://") {
                     t.lake
                 } else {
@@ -256,9 +272,15 @@ impl Job {
                     },
                     other => other,
                 };
-                (name.clone(), Target { name, source, lake })
-            })
-            .collect::<BTreeMap<_, _>>();
+                Target {
+                    name: name.clone(),
+                    source,
+                    lake,
+                    metrics,
+                }
+            };
+            targets.insert(name, target);
+        }
         let default_target = raw
             .default_target
             .unwrap_or_else(|| config::DEFAULT_TARGET.to_string());

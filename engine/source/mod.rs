@@ -2,6 +2,7 @@
 //! bounded chunks, either after a checkpoint or over exactly one recorded batch range.
 
 pub mod files;
+pub mod kinesis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,17 +12,52 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-/// Where a record sits in its shard: a line number for files.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Where a record sits in its shard: a line number for files; a sequence number and the index of
+/// the user record inside a KPL aggregate (0 when not aggregated) for Kinesis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Position {
     Line(u64),
+    Sequence { seq: String, sub: u64 },
+}
+
+impl Position {
+    /// A Kinesis position.
+    pub fn sequence(seq: impl Into<String>, sub: u64) -> Self {
+        Position::Sequence {
+            seq: seq.into(),
+            sub,
+        }
+    }
+}
+
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        use Position::*;
+        match (self, other) {
+            (Line(a), Line(b)) => a.cmp(b),
+            // Sequence numbers are decimal strings: compare by length, then digits.
+            (Sequence { seq: a, sub: x }, Sequence { seq: b, sub: y }) => {
+                (a.len(), a, x).cmp(&(b.len(), b, y))
+            }
+            (Line(_), Sequence { .. }) => std::cmp::Ordering::Less,
+            (Sequence { .. }, Line(_)) => std::cmp::Ordering::Greater,
+        }
+    }
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Position::Line(n) => write!(f, "line {n}"),
+            Position::Sequence { seq, sub: 0 } => write!(f, "sequence {seq}"),
+            Position::Sequence { seq, sub } => write!(f, "sequence {seq} record {sub}"),
         }
     }
 }
@@ -46,6 +82,10 @@ pub struct RawChunk {
     /// Byte range of each record in `data`.
     pub bounds: Vec<(u32, u32)>,
     pub positions: Vec<Position>,
+    /// Records the source already knows are bad (index into `bounds`, reason): dead letters.
+    pub rejected: Vec<(u32, String)>,
+    /// Arrival time of the oldest record (epoch ms), when the source knows it.
+    pub arrived_ms: Option<i64>,
     /// Input bytes consumed to produce this chunk (compressed size for `.gz` files).
     pub input_bytes: u64,
 }

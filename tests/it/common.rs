@@ -114,7 +114,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The test venv's Python, with DuckDB (installed by tests/setup.sh).
-fn python() -> PathBuf {
+pub fn python_path() -> PathBuf {
     let p = std::env::var_os("WEIR_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".venv/bin/python"));
@@ -137,7 +137,7 @@ w = csv.writer(sys.stdout, lineterminator="\n")
 for r in rows:
     w.writerow(r)
 "#;
-    let mut child = Command::new(python())
+    let mut child = Command::new(python_path())
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -5,3 +5,4 @@ mod crash;
 mod dead_letters;
 mod ecommerce;
 mod errors;
+mod kinesis;

@@ -107,7 +107,7 @@ impl Source for FileSource {
             .map(|f| {
                 let after = match from.get(&f.key) {
                     Some(Position::Line(n)) => *n,
-                    None => 0,
+                    _ => 0,
                 };
                 (f.clone(), after, None)
             })
@@ -127,7 +127,12 @@ impl Source for FileSource {
                     shard: shard.clone(),
                 }
             })?;
-            let (Position::Line(first), Position::Line(last)) = (&r.first, &r.last);
+            let (Position::Line(first), Position::Line(last)) = (&r.first, &r.last) else {
+                return Err(SourceError::Invalid {
+                    input: shard.clone(),
+                    message: "the batch log holds a Kinesis position for a file".into(),
+                });
+            };
             plan.push((file.clone(), first.saturating_sub(1), Some(*last)));
         }
         self.read_files(plan, tx).await

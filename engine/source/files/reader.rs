@@ -92,6 +92,8 @@ pub(super) fn read_file(
             )),
             bounds: std::mem::take(bounds),
             positions: std::mem::take(positions),
+            rejected: Vec::new(),
+            arrived_ms: None,
             input_bytes: read - sent_bytes,
         };
         sent_bytes = read;

@@ -1,0 +1,218 @@
+//! Kinesis source: every shard of a stream (new ones discovered while running), parents read
+//! before children, KPL aggregates unpacked, resume and replay by (sequence, sub-sequence).
+//! Credentials, region and endpoint come from aws-config's standard chain (`AWS_ENDPOINT_URL*`).
+
+pub mod kpl;
+mod reader;
+pub mod shards;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{BatchRange, Checkpoint, ChunkLimits, Position, RawChunk, Source, SourceError};
+pub use reader::ShardEnd;
+use reader::ShardRead;
+
+/// How often the shard list is refreshed to find shards created by resharding.
+const SHARD_DISCOVERY: Duration = Duration::from_secs(5);
+
+/// Where shards without a checkpoint start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    TrimHorizon,
+    Latest,
+    /// Epoch milliseconds.
+    Timestamp(i64),
+    /// At this sequence number (resume, replay).
+    Sequence(String),
+}
+
+impl StartAt {
+    /// Parses the job file's `start` ("trim_horizon", "latest", or an RFC 3339 timestamp for
+    /// "at_timestamp").
+    pub fn parse(start: Option<&str>, timestamp: Option<&str>) -> Result<Self, String> {
+        match (start.unwrap_or("trim_horizon"), timestamp) {
+            ("trim_horizon", None) => Ok(Self::TrimHorizon),
+            ("latest", None) => Ok(Self::Latest),
+            ("at_timestamp", Some(t)) => chrono::DateTime::parse_from_rfc3339(t)
+                .map(|d| Self::Timestamp(d.timestamp_millis()))
+                .map_err(|e| {
+                    format!("timestamp \"{t}\": {e}; write RFC 3339, e.g. 2025-06-01T00:00:00Z")
+                }),
+            ("at_timestamp", None) => {
+                Err("start = \"at_timestamp\" needs timestamp = \"<RFC 3339>\"".into())
+            }
+            (s, Some(_)) if s != "at_timestamp" => {
+                Err("timestamp only applies with start = \"at_timestamp\"".into())
+            }
+            (other, _) => Err(format!(
+                "unknown start \"{other}\"; use \"trim_horizon\", \"latest\" or \"at_timestamp\""
+            )),
+        }
+    }
+}
+
+/// A Kinesis stream as a source.
+pub struct KinesisSource {
+    client: Client,
+    stream: String,
+    start: StartAt,
+    limits: ChunkLimits,
+}
+
+impl KinesisSource {
+    /// Connects with the standard AWS configuration and checks that the stream exists.
+    pub async fn open(
+        stream: &str,
+        start: StartAt,
+        limits: ChunkLimits,
+    ) -> Result<Self, SourceError> {
+        let config = aws_config::load_from_env().await;
+        let client = Client::from_conf(
+            aws_sdk_kinesis::config::Builder::from(&config)
+                .retry_config(RetryConfig::standard().with_max_attempts(5))
+                .build(),
+        );
+        shards::list(&client, stream).await?;
+        Ok(Self {
+            client,
+            stream: stream.to_string(),
+            start,
+            limits,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn shard_read(
+        &self,
+        shard: &str,
+        start: StartAt,
+        after: Option<Position>,
+        until: Option<Position>,
+    ) -> ShardRead {
+        ShardRead {
+            client: self.client.clone(),
+            stream: self.stream.clone(),
+            shard: shard.into(),
+            start,
+            after,
+            until,
+            limits: self.limits,
+        }
+    }
+}
+
+/// The iterator start for a shard resuming after `pos`.
+fn resume(pos: &Position) -> StartAt {
+    match pos {
+        Position::Sequence { seq, .. } => StartAt::Sequence(seq.clone()),
+        Position::Line(_) => StartAt::TrimHorizon,
+    }
+}
+
+#[async_trait]
+impl Source for KinesisSource {
+    fn describe(&self) -> String {
+        format!("kinesis stream {}", self.stream)
+    }
+
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+
+    async fn read(&self, from: &Checkpoint, tx: mpsc::Sender<RawChunk>) -> Result<(), SourceError> {
+        let mut started = BTreeSet::new();
+        let mut finished = BTreeSet::new();
+        let mut tasks: JoinSet<(String, Result<ShardEnd, SourceError>)> = JoinSet::new();
+        let mut discover = tokio::time::interval(SHARD_DISCOVERY);
+        loop {
+            tokio::select! {
+                _ = discover.tick() => {}
+                Some(done) = tasks.join_next() => {
+                    let (shard, end) = done.expect("shard reader panicked");
+                    match end? {
+                        ShardEnd::Closed => {
+                            tracing::info!(%shard, "shard closed and read to its end");
+                            finished.insert(shard);
+                        }
+                        ShardEnd::Stopped => return Ok(()),
+                    }
+                }
+                _ = tx.closed() => return Ok(()),
+            }
+            let listed = shards::list(&self.client, &self.stream).await?;
+            for s in shards::ready(&listed, &started, &finished) {
+                let after = from.get(&s.id).cloned();
+                let start = match (&after, s.parents.is_empty()) {
+                    (Some(pos), _) => resume(pos),
+                    // A child of a split or merge is read from its beginning.
+                    (None, false) => StartAt::TrimHorizon,
+                    (None, true) => self.start.clone(),
+                };
+                tracing::info!(shard = %s.id, ?start, "reading shard");
+                let read = self.shard_read(&s.id, start, after, None);
+                let tx = tx.clone();
+                let id = s.id.clone();
+                tasks.spawn(async move { (id, read.run(tx).await) });
+                started.insert(s.id);
+            }
+        }
+    }
+
+    async fn read_range(
+        &self,
+        range: &BatchRange,
+        tx: mpsc::Sender<RawChunk>,
+    ) -> Result<(), SourceError> {
+        for (shard, r) in range {
+            let Position::Sequence { seq, sub } = &r.first else {
+                return Err(SourceError::Invalid {
+                    input: shard.clone(),
+                    message: "the batch log holds a file position for a Kinesis shard".into(),
+                });
+            };
+            // Skip the records of the first aggregate that precede the range.
+            let after = sub
+                .checked_sub(1)
+                .map(|s| Position::sequence(seq.clone(), s));
+            let read = self.shard_read(
+                shard,
+                StartAt::Sequence(seq.clone()),
+                after,
+                Some(r.last.clone()),
+            );
+            read.run(tx.clone()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The message of an SDK error, with its code.
+pub(crate) fn error_text<E, R>(e: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_kinesis::error::DisplayErrorContext;
+    match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("error"),
+            s.message().unwrap_or_default()
+        ),
+        None => DisplayErrorContext(e).to_string(),
+    }
+}
+
+/// Shared handle for tests and the producer.
+pub type SharedClient = Arc<Client>;
