@@ -384,3 +384,40 @@ print(sum(k.startswith("lake/_weir/ecommerce/commits/") for k in keys), sum(k.en
         stderr(&out)
     );
 }
+
+#[test]
+fn throttling_and_server_errors_lose_nothing() {
+    use std::io::BufRead;
+    let s = stream("throttle");
+    let p = project(&s, "lake");
+    produce(&s, 2000, &[]);
+    let mut proxy = Command::new(python_path())
+        .arg(repo().join("tests/stand-ins/faulty_proxy.py"))
+        .arg(endpoint("WEIR_TEST_KINESIS", "http://127.0.0.1:45670"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let port = lines.next().unwrap().unwrap();
+    let mut child = aws_env(&mut p.run_cmd())
+        .args(["--target", "prod"])
+        .env(
+            "AWS_ENDPOINT_URL_KINESIS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_committed(&state(&p), 2000, &mut child);
+    produce(&s, 1000, &["--seed", "5"]);
+    wait_committed(&state(&p), 3000, &mut child);
+    stop(child);
+    proxy.kill().unwrap();
+    let injected = lines
+        .map_while(Result::ok)
+        .filter(|l| l.starts_with("injected"))
+        .count();
+    assert!(injected >= 3, "only {injected} faults injected");
+    assert_exactly(&p, 3000);
+}
