@@ -414,6 +414,7 @@ fn throttling_and_server_errors_lose_nothing() {
     wait_committed(&state(&p), 3000, &mut child);
     stop(child);
     proxy.kill().unwrap();
+    proxy.wait().unwrap();
     let injected = lines
         .map_while(Result::ok)
         .filter(|l| l.starts_with("injected"))
