@@ -151,10 +151,26 @@ fn produced_events_are_committed_exactly_once_and_sigterm_stops_cleanly() {
     let s = stream("produce");
     let p = project(&s, "lake");
     produce(&s, 3000, &[]);
-    let mut child = start(&p);
+    let mut child = aws_env(&mut p.run_cmd())
+        .args(["--target", "prod", "--metrics", "127.0.0.1:45698"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_committed(&state(&p), 3000, &mut child);
     produce(&s, 1000, &["--seed", "7", "--aggregate", "50"]);
     wait_committed(&state(&p), 4000, &mut child);
+    let metrics = http_get("127.0.0.1:45698", "/metrics");
+    assert!(metrics.contains("weir_records_in_total 4000"), "{metrics}");
+    assert!(
+        metrics.contains("weir_freshness_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_kinesis_millis_behind_latest{shard=\"shardId-000000000000\"}"),
+        "{metrics}"
+    );
+    assert!(http_get("127.0.0.1:45698", "/health").ends_with("ok\n"));
     let out = stop(child);
     assert!(out.contains("4,000 read"), "{out}");
     assert_exactly(&p, 4000);
@@ -421,4 +437,61 @@ fn throttling_and_server_errors_lose_nothing() {
         .count();
     assert!(injected >= 3, "only {injected} faults injected");
     assert_exactly(&p, 3000);
+}
+
+/// A plain HTTP/1.0 GET; returns the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn two_writers_cannot_commit_the_same_batch_on_s3() {
+    use weir::commit::{CommitError, CommitRecord, CommitStore, ObjectCommitStore};
+    let bucket = format!("weir-{}", stream("cond").to_lowercase());
+    let script = r#"
+import sys, os, boto3
+boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket=sys.argv[1])
+"#;
+    let out = aws_env(&mut Command::new(python_path()))
+        .args(["-c", script, &bucket])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe {
+        std::env::set_var(
+            "AWS_ENDPOINT_URL_S3",
+            endpoint("WEIR_TEST_S3", "http://127.0.0.1:45671"),
+        );
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    let (store, root) = weir::storage::parse(&format!("s3://{bucket}/lake")).unwrap();
+    let log = ObjectCommitStore::new(store, root.join("_weir").join("j"), "j");
+    let record = CommitRecord {
+        job: "j".into(),
+        batch: 1,
+        range: Default::default(),
+        checkpoint: Default::default(),
+        records: 0,
+        dead_letters: 0,
+        rows: Default::default(),
+        files: vec![],
+        committed_at: chrono::Utc::now(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        log.commit(&record).await.unwrap();
+        let second = log.commit(&record).await;
+        assert!(
+            matches!(second, Err(CommitError::Conflict { .. })),
+            "{second:?}"
+        );
+    });
 }
