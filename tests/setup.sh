@@ -35,7 +35,7 @@ cp tests/stand-ins/kinesalite.js "$stand/kinesalite.js"
 
 open_port() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {
-  for _ in $(seq 1 100); do open_port "$1" && return 0; sleep 0.1; done
+  for _ in $(seq 1 300); do open_port "$1" && return 0; sleep 0.1; done
   echo "setup: $2 did not start on 127.0.0.1:$1; see $stand/$2.log" >&2; exit 1
 }
 if ! open_port 45670; then
