@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -13,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::batch::Batch;
 use crate::commit::{BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore};
 use crate::decode::{Decoded, Decoder};
-use crate::job::{BatchPolicy, InputFormat, Job, JobError, SourceConfig};
+use crate::job::{BatchPolicy, Input, InputFormat, Job, JobError, SourceConfig};
 use crate::sink::lake::{DEAD_LETTERS, Lake, STATE};
 use crate::sink::{BatchOutput, Sink, SinkError};
 use crate::source::files::FileSource;
@@ -27,7 +28,9 @@ const CHUNK_RECORDS: usize = 8192;
 /// Bytes per source chunk at most.
 const CHUNK_BYTES: usize = 4 << 20;
 /// Chunks in flight between reader, decoder and batcher: with the batch itself, the memory bound.
-const CHANNEL_CHUNKS: usize = 4;
+const CHANNEL_CHUNKS: usize = 16;
+/// Chunks decoded in parallel.
+const DECODERS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -163,8 +166,11 @@ impl Pipeline {
         let mut tasks: JoinSet<Result<(), SourceError>> = JoinSet::new();
         let (source, from) = (self.source.clone(), self.checkpoint.clone());
         tasks.spawn(async move { source.read(&from, raw_tx).await });
-        let decoder = Decoder::new(&self.job.input);
-        tasks.spawn_blocking(move || decode_loop(decoder, raw_rx, dec_tx));
+        tasks.spawn(decode_loop(
+            Arc::new(self.job.input.clone()),
+            raw_rx,
+            dec_tx,
+        ));
 
         tokio::pin!(shutdown);
         let mut stopping = false;
@@ -395,14 +401,22 @@ fn record_metrics(arrivals: &[(i64, usize)], flushed: Instant, record: &CommitRe
     }
 }
 
-/// Decodes chunks on a blocking thread, overlapping with transforms and writes.
-fn decode_loop(
-    mut decoder: Decoder,
+/// Decodes chunks on blocking threads, `DECODERS` at a time, in order, overlapping with
+/// transforms and writes.
+async fn decode_loop(
+    input: Arc<Input>,
     mut rx: mpsc::Receiver<RawChunk>,
     tx: mpsc::Sender<Decoded>,
 ) -> Result<(), SourceError> {
-    while let Some(chunk) = rx.blocking_recv() {
-        if tx.blocking_send(decoder.decode(&chunk)).is_err() {
+    let chunks = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
+    let mut decoded = chunks
+        .map(|chunk| {
+            let input = input.clone();
+            tokio::task::spawn_blocking(move || Decoder::new(&input).decode(&chunk))
+        })
+        .buffered(DECODERS);
+    while let Some(d) = decoded.next().await {
+        if tx.send(d.expect("decoder panicked")).await.is_err() {
             break;
         }
     }
