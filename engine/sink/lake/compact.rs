@@ -156,6 +156,15 @@ impl Lake {
                     continue;
                 }
                 small.sort_by(|a, b| a.1.location.cmp(&b.1.location));
+                // Merge about one target file's worth at a time: memory stays bounded.
+                let mut total = 0;
+                small.retain(|(_, m)| {
+                    total += m.size;
+                    total <= target
+                });
+                if small.len() < MIN_FILES {
+                    continue;
+                }
                 let n = small.len() as u64;
                 if self.merge(job, table, &dir, &small, target).await? {
                     done.merged += n;
