@@ -340,15 +340,7 @@ fn sigkill_during_a_continuous_run_then_restart_is_exactly_once() {
 fn s3_lake_on_moto() {
     let s = stream("s3");
     let bucket = format!("weir-{}", s.to_lowercase());
-    let script = r#"
-import sys, os, boto3
-boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket=sys.argv[1])
-"#;
-    let out = aws_env(&mut Command::new(python_path()))
-        .args(["-c", script, &bucket])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    create_bucket(&bucket);
     let lake = format!("s3://{bucket}/lake");
     let p = project(&s, &lake);
     produce(&s, 1500, &[]);
@@ -453,15 +445,7 @@ fn http_get(addr: &str, path: &str) -> String {
 fn two_writers_cannot_commit_the_same_batch_on_s3() {
     use weir::commit::{CommitError, CommitRecord, CommitStore, ObjectCommitStore};
     let bucket = format!("weir-{}", stream("cond").to_lowercase());
-    let script = r#"
-import sys, os, boto3
-boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket=sys.argv[1])
-"#;
-    let out = aws_env(&mut Command::new(python_path()))
-        .args(["-c", script, &bucket])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    create_bucket(&bucket);
     // SAFETY: set before any thread of this test reads the environment.
     unsafe {
         std::env::set_var(
@@ -494,4 +478,17 @@ boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket
             "{second:?}"
         );
     });
+}
+
+/// Creates an S3 bucket on moto with boto3.
+fn create_bucket(bucket: &str) {
+    let script = r#"
+import sys, os, boto3
+boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket=sys.argv[1])
+"#;
+    let out = aws_env(&mut Command::new(python_path()))
+        .args(["-c", script, bucket])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }

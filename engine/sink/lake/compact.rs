@@ -76,19 +76,7 @@ impl Lake {
             Phase::Writing => {
                 tracing::info!(folder = %record.folder, "rolling back an interrupted compaction");
                 let folder = self.path(&record.folder);
-                let written: Vec<Path> = self
-                    .store
-                    .list(Some(&folder))
-                    .try_filter_map(|m| {
-                        let ours = m
-                            .location
-                            .filename()
-                            .is_some_and(|f| f.starts_with(&record.prefix));
-                        futures::future::ready(Ok(ours.then_some(m.location)))
-                    })
-                    .try_collect()
-                    .await
-                    .map_err(self.store_err(&folder))?;
+                let written = self.files_with_prefix(&folder, &record.prefix).await?;
                 for p in written {
                     self.delete(&p).await?;
                 }

@@ -77,6 +77,23 @@ impl Lake {
             .to_string()
     }
 
+    /// Files under `folder` (at any depth) whose name starts with `prefix`.
+    async fn files_with_prefix(&self, folder: &Path, prefix: &str) -> Result<Vec<Path>, SinkError> {
+        self.store
+            .list(Some(folder))
+            .try_filter(|m| {
+                let hit = m.location.filename().is_some_and(|f| f.starts_with(prefix));
+                futures::future::ready(hit)
+            })
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|source| SinkError::Store {
+                path: self.relative(folder),
+                source,
+            })
+    }
+
     fn spec(&self, table: &str) -> &OutputSpec {
         self.outputs.get(table).unwrap_or(&self.default_output)
     }
@@ -221,23 +238,7 @@ impl Sink for Lake {
         let prefix = format!("{}-", batch_prefix(job, batch));
         for table in tables.iter().map(String::as_str).chain([DEAD_LETTERS]) {
             let folder = self.path(table);
-            let stale: Vec<Path> = self
-                .store
-                .list(Some(&folder))
-                .try_filter(|m| {
-                    let hit = m
-                        .location
-                        .filename()
-                        .is_some_and(|f| f.starts_with(&prefix));
-                    futures::future::ready(hit)
-                })
-                .map_ok(|m| m.location)
-                .try_collect()
-                .await
-                .map_err(|source| SinkError::Store {
-                    path: table.to_string(),
-                    source,
-                })?;
+            let stale = self.files_with_prefix(&folder, &prefix).await?;
             for path in stale {
                 tracing::info!(path = %self.relative(&path), "removing file of an interrupted batch");
                 self.store
