@@ -322,7 +322,7 @@ impl Pipeline {
             committed_at: chrono::Utc::now(),
         };
         self.commits.commit(&record).await?;
-        record_metrics(&batch.arrivals, flushed, &record);
+        record_metrics(&batch.arrivals, batch.record_bytes, flushed, &record);
 
         let s = &mut self.summary;
         s.records += batch.records as u64;
@@ -384,9 +384,15 @@ async fn open_files(
 }
 
 /// Prometheus metrics of one committed batch.
-fn record_metrics(arrivals: &[(i64, usize)], flushed: Instant, record: &CommitRecord) {
+fn record_metrics(
+    arrivals: &[(i64, usize)],
+    bytes_in: u64,
+    flushed: Instant,
+    record: &CommitRecord,
+) {
     let now_ms = record.committed_at.timestamp_millis();
     metrics::counter!("weir_records_in_total").increment(record.records);
+    metrics::counter!("weir_bytes_in_total").increment(bytes_in);
     metrics::counter!("weir_dead_letters_total").increment(record.dead_letters);
     metrics::counter!("weir_batches_committed_total").increment(1);
     metrics::counter!("weir_files_written_total").increment(record.files.len() as u64);
