@@ -162,6 +162,7 @@ fn produced_events_are_committed_exactly_once_and_sigterm_stops_cleanly() {
     wait_committed(&state(&p), 4000, &mut child);
     let metrics = http_get("127.0.0.1:45698", "/metrics");
     assert!(metrics.contains("weir_records_in_total 4000"), "{metrics}");
+    assert!(metrics.contains("weir_bytes_in_total "), "{metrics}");
     assert!(
         metrics.contains("weir_freshness_seconds_bucket"),
         "{metrics}"
