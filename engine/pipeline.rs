@@ -254,15 +254,11 @@ impl Pipeline {
 
     /// Re-reads and decodes exactly the range of a planned batch.
     async fn read_range(&self, plan: &BatchPlan) -> Result<Batch, PipelineError> {
-        let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let source = self.source.clone();
         let range = plan.range.clone();
         let reader = tokio::spawn(async move { source.read_range(&range, tx).await });
-        let mut decoder = Decoder::new(&self.job.input);
-        let mut batch = Batch::default();
-        while let Some(chunk) = rx.recv().await {
-            batch.push(decoder.decode(&chunk));
-        }
+        let batch = Batch::collect(&self.job.input, rx).await;
         reader.await.expect("reader task panicked")?;
         Ok(batch)
     }
@@ -374,7 +370,8 @@ impl Pipeline {
     }
 }
 
-async fn open_files(
+/// A file source for the job's input format (CSV headers skipped).
+pub(crate) async fn open_files(
     job: &Job,
     input: &str,
     limits: ChunkLimits,

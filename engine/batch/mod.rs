@@ -5,9 +5,11 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 
-use crate::decode::{DeadLetter, Decoded};
-use crate::job::BatchPolicy;
-use crate::source::{BatchRange, ShardRange};
+use tokio::sync::mpsc;
+
+use crate::decode::{DeadLetter, Decoded, Decoder};
+use crate::job::{BatchPolicy, Input};
+use crate::source::{BatchRange, RawChunk, ShardRange};
 
 /// Records of one micro-batch, ready for the transforms.
 #[derive(Debug, Default)]
@@ -46,6 +48,16 @@ impl Batch {
         self.records >= policy.max_records
             || self.record_bytes >= policy.max_bytes
             || self.opened.is_some_and(|t| t.elapsed() >= policy.max_age)
+    }
+
+    /// Decodes every chunk from `chunks` into one batch, whatever its size (replays, fixtures).
+    pub async fn collect(input: &Input, mut chunks: mpsc::Receiver<RawChunk>) -> Self {
+        let mut decoder = Decoder::new(input);
+        let mut batch = Self::default();
+        while let Some(chunk) = chunks.recv().await {
+            batch.push(decoder.decode(&chunk));
+        }
+        batch
     }
 
     pub fn push(&mut self, chunk: Decoded) {

@@ -10,9 +10,8 @@ use tokio::sync::mpsc;
 
 use super::job_path;
 use crate::batch::Batch;
-use crate::decode::Decoder;
 use crate::job::{InputFormat, Job};
-use crate::source::files::FileSource;
+use crate::pipeline::open_files;
 use crate::source::{Checkpoint, ChunkLimits, Source};
 use crate::transform::Transforms;
 
@@ -98,15 +97,10 @@ async fn read_fixture(job: &Job, input: &Path) -> anyhow::Result<Batch> {
         records: 8192,
         bytes: 4 << 20,
     };
-    let header = job.input.format == InputFormat::Csv && job.input.csv.header;
-    let source = FileSource::open(&input.display().to_string(), &job.root, limits, header).await?;
-    let (tx, mut rx) = mpsc::channel(4);
+    let source = open_files(job, &input.display().to_string(), limits).await?;
+    let (tx, rx) = mpsc::channel(4);
     let reader = tokio::spawn(async move { source.read(&Checkpoint::new(), tx).await });
-    let mut decoder = Decoder::new(&job.input);
-    let mut batch = Batch::default();
-    while let Some(chunk) = rx.recv().await {
-        batch.push(decoder.decode(&chunk));
-    }
+    let batch = Batch::collect(&job.input, rx).await;
     reader.await??;
     Ok(batch)
 }

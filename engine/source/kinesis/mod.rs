@@ -7,7 +7,6 @@ mod reader;
 pub mod shards;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -87,10 +86,6 @@ impl KinesisSource {
             start,
             limits,
         })
-    }
-
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     fn shard_read(
@@ -213,6 +208,3 @@ where
         None => DisplayErrorContext(e).to_string(),
     }
 }
-
-/// Shared handle for tests and the producer.
-pub type SharedClient = Arc<Client>;
