@@ -8,6 +8,7 @@ pub mod commit;
 pub mod decode;
 pub mod generate;
 pub mod job;
+pub mod load;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;

@@ -15,6 +15,8 @@ use crate::batch::Batch;
 use crate::commit::{BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore};
 use crate::decode::{Decoded, Decoder};
 use crate::job::{BatchPolicy, Input, InputFormat, Job, JobError, SourceConfig};
+use crate::load::types::{TypeError, check_schema};
+use crate::load::{Cursors, Destination, LakeFiles, LoadError, Loads, OutputTable};
 use crate::sink::lake::{DEAD_LETTERS, Lake, STATE};
 use crate::sink::{BatchOutput, Sink, SinkError};
 use crate::source::files::FileSource;
@@ -31,6 +33,8 @@ const CHUNK_BYTES: usize = 4 << 20;
 const CHANNEL_CHUNKS: usize = 16;
 /// Chunks decoded in parallel.
 const DECODERS: usize = 2;
+/// How long `open` waits for a warehouse before leaving its preparation to its loader.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -46,6 +50,10 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Commit(#[from] CommitError),
+    #[error(transparent)]
+    Types(#[from] TypeError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }
 
 /// Overrides from the command line.
@@ -73,6 +81,8 @@ pub struct RunSummary {
     pub input_bytes: u64,
     pub rows: BTreeMap<String, u64>,
     pub last_batch: Option<u64>,
+    /// Per destination, the last batch loaded when the run ended.
+    pub loaded: BTreeMap<String, u64>,
     pub elapsed: Duration,
 }
 
@@ -83,7 +93,12 @@ pub struct Pipeline {
     source: Arc<dyn Source>,
     transforms: Transforms,
     lake: Lake,
-    commits: Box<dyn CommitStore>,
+    commits: Arc<dyn CommitStore>,
+    /// Warehouses loaded behind the commit, and whether `open` prepared each.
+    destinations: Vec<(Arc<dyn Destination>, bool)>,
+    tables: Vec<OutputTable>,
+    cursors: Cursors,
+    loads: Option<Loads>,
     progress: ProgressBar,
     summary: RunSummary,
     checkpoint: Checkpoint,
@@ -122,8 +137,15 @@ impl Pipeline {
                 Arc::new(KinesisSource::open(stream, start, limits).await?)
             }
         };
+        let tables = OutputTable::of(&job, &transforms);
         let state = lake.path(&format!("{STATE}/{}", job.name));
-        let commits = Box::new(ObjectCommitStore::new(lake.store(), state, &job.name));
+        let commits = Arc::new(ObjectCommitStore::new(
+            lake.store(),
+            state.clone(),
+            &job.name,
+        ));
+        let cursors = Cursors::new(lake.store(), state);
+        let destinations = open_destinations(&job, &target, &lake, &transforms, &tables).await?;
         let summary = RunSummary {
             source: source.describe(),
             lake: lake.url().to_string(),
@@ -136,6 +158,10 @@ impl Pipeline {
             transforms,
             lake,
             commits,
+            destinations,
+            tables,
+            cursors,
+            loads: None,
             progress: ProgressBar::hidden(),
             summary,
             checkpoint: Checkpoint::new(),
@@ -160,6 +186,13 @@ impl Pipeline {
     ) -> Result<RunSummary, PipelineError> {
         let started = Instant::now();
         let mut next = self.recover().await?;
+        self.loads = Some(Loads::start(
+            std::mem::take(&mut self.destinations),
+            self.tables.clone(),
+            self.commits.clone(),
+            self.cursors.clone(),
+            self.summary.last_batch.unwrap_or(0),
+        ));
 
         let (raw_tx, raw_rx) = mpsc::channel::<RawChunk>(CHANNEL_CHUNKS);
         let (dec_tx, mut decoded) = mpsc::channel::<Decoded>(CHANNEL_CHUNKS);
@@ -217,6 +250,17 @@ impl Pipeline {
                 Err(e) if e.is_cancelled() => {}
                 Err(e) => panic!("reader task failed: {e}"),
             }
+        }
+        if !stopping {
+            stopping = self.finish_loads(&mut shutdown).await?;
+        }
+        if let Some(loads) = self.loads.take() {
+            self.summary.loaded = loads
+                .progress()
+                .into_iter()
+                .map(|(n, b)| (n.to_string(), b))
+                .collect();
+            loads.stop().await;
         }
         if !stopping && self.policy.compact_every > 0 {
             self.compact().await?;
@@ -318,6 +362,9 @@ impl Pipeline {
             committed_at: chrono::Utc::now(),
         };
         self.commits.commit(&record).await?;
+        if let Some(loads) = &self.loads {
+            loads.committed(id);
+        }
         record_metrics(&batch.arrivals, batch.record_bytes, flushed, &record);
 
         let s = &mut self.summary;
@@ -348,11 +395,43 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Merges small files of committed batches.
+    /// Waits until every committed batch is loaded everywhere (file runs); a shutdown stops the
+    /// wait, leaving the rest to the next run. Returns whether it was stopped.
+    async fn finish_loads(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, PipelineError> {
+        let Some(loads) = &mut self.loads else {
+            return Ok(false);
+        };
+        if loads.is_empty() {
+            return Ok(false);
+        }
+        let progress = self.progress.clone();
+        tokio::select! {
+            r = loads.finish(|at, target| {
+                let parts: Vec<String> =
+                    at.iter().map(|(n, b)| format!("{n} {b}/{target}")).collect();
+                progress.set_message(format!("loading: {}", parts.join(", ")));
+            }) => {
+                r?;
+                Ok(false)
+            }
+            _ = shutdown => {
+                tracing::info!("stopping: batches not loaded yet are loaded by the next run");
+                Ok(true)
+            }
+        }
+    }
+
+    /// Merges small files of committed batches that every destination has loaded.
     async fn compact(&mut self) -> Result<(), PipelineError> {
-        let Some(committed) = self.summary.last_batch else {
+        let Some(mut committed) = self.summary.last_batch else {
             return Ok(());
         };
+        if let Some(loaded) = self.loads.as_ref().and_then(Loads::min_loaded) {
+            committed = committed.min(loaded);
+        }
         let mut tables: Vec<String> = self
             .transforms
             .transforms
@@ -368,6 +447,64 @@ impl Pipeline {
         self.summary.compacted_into += done.written;
         Ok(())
     }
+}
+
+/// Type-checks the outputs against the target's warehouses and prepares each (tables, ledger).
+/// A schema conflict stops here, before any data moves; an unreachable warehouse is only
+/// reported, and its loader prepares it once it is back.
+async fn open_destinations(
+    job: &Job,
+    target: &crate::job::Target,
+    lake: &Lake,
+    transforms: &Transforms,
+    tables: &[OutputTable],
+) -> Result<Vec<(Arc<dyn Destination>, bool)>, PipelineError> {
+    let warehouses = crate::load::warehouses(target);
+    for (t, out) in transforms.transforms.iter().zip(tables) {
+        check_schema(
+            &warehouses,
+            &t.file.display().to_string(),
+            &out.name,
+            &out.schema,
+        )?;
+    }
+    let files = LakeFiles {
+        store: lake.store(),
+        root: lake.path(""),
+        url: absolute_url(lake.url()),
+    };
+    let mut out = Vec::new();
+    for d in crate::load::destinations(job, target, &files)? {
+        let prepared = tokio::time::timeout(PREPARE_TIMEOUT, d.prepare(tables)).await;
+        let ok = match prepared {
+            Ok(Ok(())) => true,
+            Ok(Err(e @ LoadError::Schema { .. })) => return Err(e.into()),
+            Ok(Err(e)) => {
+                tracing::warn!("{e}; the lake goes on, and loads start when it is reachable");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "{}: no answer in {PREPARE_TIMEOUT:?}; the lake goes on, and loads start when it answers",
+                    d.name()
+                );
+                false
+            }
+        };
+        out.push((d, ok));
+    }
+    Ok(out)
+}
+
+/// The lake as a URL: object store URLs as they are, local folders as `file://` URLs.
+fn absolute_url(lake: &str) -> String {
+    if lake.contains("://") {
+        return lake.trim_end_matches('/').to_string();
+    }
+    let abs = std::path::absolute(lake).unwrap_or_else(|_| lake.into());
+    format!("file://{}", abs.display())
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// A file source for the job's input format (CSV headers skipped).

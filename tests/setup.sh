@@ -4,7 +4,10 @@
 #   .venv             Python venv: DuckDB (independent reader), boto3 + aws_kinesis_agg
 #                     (independent producers), moto (S3/Glue/DynamoDB stand-in)
 #   .stand-ins/       kinesalite (npm) for Kinesis
-#   127.0.0.1:45670   kinesalite      127.0.0.1:45671   moto server
+#   .venv-bigquery    Python 3.13 venv: the local-bigquery emulator (DuckDB 1.5.5 + its extensions)
+#   127.0.0.1:45670   kinesalite      127.0.0.1:45671   moto server (S3, Glue)
+#   127.0.0.1:45672   BigQuery emulator (REST; gRPC on 45673)
+# PostgreSQL (127.0.0.1:5432, database test) is run by the machine, not here.
 # Prints the environment the tests use (sourced by tests/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,4 +50,36 @@ if ! open_port 45671; then
   echo "setup: starting moto on 127.0.0.1:45671" >&2
   (setsid nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 45671 >"$stand/moto.log" 2>&1 &)
   wait_port 45671 moto
+fi
+
+# The BigQuery emulator needs Python >= 3.13: the machine's pyenv has it.
+bqvenv="$root/.venv-bigquery"
+if [ ! -x "$bqvenv/bin/python" ]; then
+  py313=""
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 "$(command -v python3.13 || true)"; do
+    if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info >= (3, 13)' 2>/dev/null; then
+      py313=$candidate
+      break
+    fi
+  done
+  [ -n "$py313" ] || { echo "setup: Python 3.13 is needed for the BigQuery emulator (pyenv install 3.13)" >&2; exit 1; }
+  echo "setup: creating $bqvenv with $py313" >&2
+  "$py313" -m venv "$bqvenv"
+fi
+if ! cmp -s tests/requirements-bigquery.txt "$bqvenv/.requirements"; then
+  echo "setup: installing tests/requirements-bigquery.txt into $bqvenv" >&2
+  "$bqvenv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements-bigquery.txt >&2
+  cp tests/requirements-bigquery.txt "$bqvenv/.requirements"
+fi
+ext="$HOME/.duckdb/extensions/v1.5.5/linux_amd64"
+mkdir -p "$ext"
+for f in "$bqvenv"/lib/python3.13/site-packages/duckdb_extension_*/extensions/v1.5.5/*.duckdb_extension; do
+  cmp -s "$f" "$ext/$(basename "$f")" || cp "$f" "$ext/"
+done
+if ! open_port 45672; then
+  echo "setup: starting the BigQuery emulator on 127.0.0.1:45672" >&2
+  mkdir -p "$stand/bigquery"
+  (setsid nohup "$bqvenv/bin/local-bigquery" --host 127.0.0.1 --port 45672 --grpc-port 45673 \
+     --data-dir "$stand/bigquery" >"$stand/bigquery.log" 2>&1 &)
+  wait_port 45672 bigquery
 fi

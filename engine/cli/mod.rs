@@ -4,6 +4,7 @@ mod generate;
 mod produce;
 mod query;
 mod run;
+mod status;
 mod test;
 mod validate;
 
@@ -42,6 +43,9 @@ pub enum Command {
     Test(test::Args),
     /// Run SQL over the lake's tables (every top-level folder is a table).
     Query(query::Args),
+    /// Show a job's progress: the last committed batch, and per warehouse the last loaded batch
+    /// and the backlog.
+    Status(status::Args),
     /// Write deterministic, realistic e-commerce sample data (events and products.csv).
     Generate(generate::Args),
     /// Send generated e-commerce events to a Kinesis stream (load driver, test producer).
@@ -63,6 +67,7 @@ pub fn main() -> ExitCode {
             Command::Validate(a) => validate::run(a).await,
             Command::Test(a) => test::run(a).await,
             Command::Query(a) => query::run(a).await,
+            Command::Status(a) => status::run(a).await,
             Command::Generate(a) => generate::run(a).await,
             Command::Produce(a) => produce::run(a).await,
         }

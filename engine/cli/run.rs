@@ -81,6 +81,14 @@ fn print_summary(job: &str, target: &str, s: &RunSummary) {
     println!("weir run {job} (target {target})");
     println!("  source   {}", s.source);
     println!("  lake     {}", s.lake);
+    if !s.loaded.is_empty() {
+        let loaded: Vec<String> = s
+            .loaded
+            .iter()
+            .map(|(d, b)| format!("{d} batch {b}"))
+            .collect();
+        println!("  loaded   {} (see `weir status`)", loaded.join(", "));
+    }
     if s.batches == 0 {
         match s.last_batch {
             Some(b) => println!("  nothing new to read: the lake is up to date (last batch {b})"),

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use super::job_path;
 use crate::job::Job;
+use crate::load::types::check_schema;
+use crate::load::warehouses;
 use crate::transform::Transforms;
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +22,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let job = Job::load(job_path(&args.job))?;
     job.target(args.target.as_deref())?;
     let transforms = Transforms::load(&job).await?;
+    // Every output column must have a faithful type in every warehouse a target loads into.
+    let targets: Vec<&crate::job::Target> = match &args.target {
+        Some(_) => vec![job.target(args.target.as_deref())?],
+        None => job.targets.values().collect(),
+    };
+    for target in &targets {
+        let into = warehouses(target);
+        for (t, schema) in transforms.transforms.iter().zip(&transforms.schemas) {
+            check_schema(&into, &t.file.display().to_string(), &t.name, schema)
+                .map_err(|e| anyhow::anyhow!("target {}: {e}", target.name))?;
+        }
+    }
     println!("{}: ok", job.file.display());
     println!(
         "  input    {:?}, {} columns; batches of at most {} records, {} bytes, {:?}",
@@ -49,9 +63,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             cols.join(", ")
         );
     }
-    println!(
-        "  targets  {}",
-        job.targets.keys().cloned().collect::<Vec<_>>().join(", ")
-    );
+    for target in targets {
+        let into: Vec<&str> = warehouses(target).iter().map(|w| w.label()).collect();
+        println!(
+            "  target   {}: lake {}{}",
+            target.name,
+            target.lake,
+            if into.is_empty() {
+                String::new()
+            } else {
+                format!(", loads into {}", into.join(", "))
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

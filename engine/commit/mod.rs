@@ -79,6 +79,10 @@ pub trait CommitStore: Send + Sync {
     async fn plan(&self, plan: &BatchPlan) -> Result<(), CommitError>;
     /// Records a commit; fails if the batch was already committed.
     async fn commit(&self, record: &CommitRecord) -> Result<(), CommitError>;
+    /// The commits of batches after `after`, oldest first.
+    async fn commits_after(&self, after: u64) -> Result<Vec<CommitRecord>, CommitError>;
     /// Every commit, oldest first.
-    async fn commits(&self) -> Result<Vec<CommitRecord>, CommitError>;
+    async fn commits(&self) -> Result<Vec<CommitRecord>, CommitError> {
+        self.commits_after(0).await
+    }
 }

@@ -155,9 +155,30 @@ impl CommitStore for ObjectCommitStore {
         .await
     }
 
-    async fn commits(&self) -> Result<Vec<CommitRecord>, CommitError> {
+    async fn commits_after(&self, after: u64) -> Result<Vec<CommitRecord>, CommitError> {
+        let offset = self.commits.clone().join(Self::name(after));
+        let mut ids: Vec<u64> = self
+            .store
+            .list_with_offset(Some(&self.commits), &offset)
+            .map_ok(|m| {
+                m.location
+                    .filename()
+                    .and_then(|f| f.strip_suffix(".json"))
+                    .and_then(|n| n.parse().ok())
+            })
+            .try_collect::<Vec<Option<u64>>>()
+            .await
+            .map_err(|source| CommitError::Store {
+                path: self.commits.to_string(),
+                source,
+            })?
+            .into_iter()
+            .flatten()
+            .filter(|&b| b > after)
+            .collect();
+        ids.sort_unstable();
         let mut out = Vec::new();
-        for b in self.batches(&self.commits).await? {
+        for b in ids {
             out.push(self.read(self.commits.clone().join(Self::name(b))).await?);
         }
         Ok(out)

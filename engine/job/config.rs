@@ -129,6 +129,65 @@ pub struct TargetConfig {
     pub lake: String,
     /// Serve `/metrics` and `/health` on this address (e.g. "127.0.0.1:9898").
     pub metrics: Option<String>,
+    /// Register tables and partitions in the AWS Glue Data Catalog.
+    pub glue: Option<GlueConfig>,
+    /// COPY each batch into Amazon Redshift from the lake's Parquet files (lake on S3).
+    pub redshift: Option<RedshiftConfig>,
+    /// Load each batch into PostgreSQL / Aurora with binary COPY.
+    pub postgres: Option<PostgresConfig>,
+    /// Load each batch's Parquet files into Google BigQuery.
+    pub bigquery: Option<BigQueryConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlueConfig {
+    /// Glue database (created if missing).
+    pub database: String,
+    /// Prefix of each table name (default: none, tables are named after the outputs).
+    #[serde(default)]
+    pub table_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedshiftConfig {
+    /// `postgres://user@host:5439/database?sslmode=require`; no password here.
+    pub url: String,
+    /// Environment variable holding the password (default "REDSHIFT_PASSWORD").
+    pub password_env: Option<String>,
+    /// Schema of the tables and of the load ledger (default "public").
+    pub schema: Option<String>,
+    /// IAM role Redshift assumes to read the lake (`arn:aws:iam::...:role/...`).
+    pub iam_role: String,
+    /// Region of the lake's bucket, when it differs from the cluster's.
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:5432/database`; no password here.
+    pub url: String,
+    /// Environment variable holding the password (default "PGPASSWORD").
+    pub password_env: Option<String>,
+    /// Schema of the tables and of the load ledger (default "public").
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigQueryConfig {
+    /// Google Cloud project.
+    pub project: String,
+    /// Dataset (created if missing).
+    pub dataset: String,
+    /// Dataset location, e.g. "US" or "EU" (default "US").
+    pub location: Option<String>,
+    /// API base URL (default "https://bigquery.googleapis.com"); an emulator's for tests.
+    pub endpoint: Option<String>,
+    /// "default" (Google application-default credentials) or "none" (emulators only).
+    pub auth: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use config::{CsvConfig, InputFormat, SourceConfig};
+pub use config::{
+    BigQueryConfig, CsvConfig, GlueConfig, InputFormat, PostgresConfig, RedshiftConfig,
+    SourceConfig,
+};
 pub use schema::{ColumnType, InputSchema};
 
 /// Errors in a job file. Each message names the file and the key, and says what to do.
@@ -72,6 +75,10 @@ pub struct Target {
     pub source: SourceConfig,
     pub lake: String,
     pub metrics: Option<std::net::SocketAddr>,
+    pub glue: Option<GlueConfig>,
+    pub redshift: Option<RedshiftConfig>,
+    pub postgres: Option<PostgresConfig>,
+    pub bigquery: Option<BigQueryConfig>,
 }
 
 /// A checked job.
@@ -260,6 +267,9 @@ impl Job {
                 crate::source::kinesis::StartAt::parse(start.as_deref(), timestamp.as_deref())
                     .map_err(|m| bad(&format!("targets.{name}.source"), m))?;
             }
+            check_warehouses(&t, &t.lake, &|key, m| {
+                bad(&format!("targets.{name}.{key}"), m)
+            })?;
             let target = {
                 let lake = if t.lake.contains("://") {
                     t.lake
@@ -277,6 +287,10 @@ impl Job {
                     source,
                     lake,
                     metrics,
+                    glue: t.glue,
+                    redshift: t.redshift,
+                    postgres: t.postgres,
+                    bigquery: t.bigquery,
                 }
             };
             targets.insert(name, target);
@@ -400,6 +414,93 @@ fn parse_input(
         max_record_bytes,
         csv: raw.csv.clone().unwrap_or_default(),
     })
+}
+
+/// Checks the warehouse blocks of a target: connection URLs parse and carry no password, the
+/// Redshift lake is on S3, BigQuery auth is known.
+fn check_warehouses(
+    t: &config::TargetConfig,
+    lake: &str,
+    bad: &dyn Fn(&str, String) -> JobError,
+) -> Result<(), JobError> {
+    let check_url = |key: &str, url: &str, env: &str| -> Result<(), JobError> {
+        let (parsed, _) = crate::load::postgres::wire::parse_url(url).map_err(|e| {
+            bad(
+                key,
+                format!("\"{url}\" is not a connection URL ({e}); write e.g. \"postgres://loader@host:5432/shop\""),
+            )
+        })?;
+        if parsed.get_password().is_some() {
+            return Err(bad(
+                key,
+                format!(
+                    "remove the password from the URL and set it in the environment variable {env}"
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(g) = &t.glue
+        && g.database.is_empty()
+    {
+        return Err(bad(
+            "glue.database",
+            "name the Glue database, e.g. \"shop\"".into(),
+        ));
+    }
+    if let Some(p) = &t.postgres {
+        check_url(
+            "postgres.url",
+            &p.url,
+            p.password_env.as_deref().unwrap_or("PGPASSWORD"),
+        )?;
+    }
+    if let Some(r) = &t.redshift {
+        check_url(
+            "redshift.url",
+            &r.url,
+            r.password_env.as_deref().unwrap_or("REDSHIFT_PASSWORD"),
+        )?;
+        if !r.iam_role.starts_with("arn:aws:iam::") {
+            return Err(bad(
+                "redshift.iam_role",
+                format!(
+                    "\"{}\" is not an IAM role ARN; write e.g. \"arn:aws:iam::123456789012:role/weir-redshift\"",
+                    r.iam_role
+                ),
+            ));
+        }
+        if !lake.starts_with("s3://") {
+            return Err(bad(
+                "redshift",
+                format!(
+                    "Redshift COPYs from S3, but the lake is \"{lake}\"; set lake = \"s3://bucket/prefix\""
+                ),
+            ));
+        }
+    }
+    if let Some(b) = &t.bigquery {
+        match b.auth.as_deref().unwrap_or("default") {
+            "default" | "none" => {}
+            other => {
+                return Err(bad(
+                    "bigquery.auth",
+                    format!(
+                        "unknown auth \"{other}\"; use \"default\" (application-default credentials) or \"none\" (emulators)"
+                    ),
+                ));
+            }
+        }
+        if let Some(e) = &b.endpoint
+            && url::Url::parse(e).is_err()
+        {
+            return Err(bad(
+                "bigquery.endpoint",
+                format!("\"{e}\" is not a URL; write e.g. \"http://127.0.0.1:9050\""),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The project root of a job file: the parent of `jobs/` when the file is in a `jobs` folder,

@@ -6,3 +6,4 @@ mod dead_letters;
 mod ecommerce;
 mod errors;
 mod kinesis;
+mod warehouses;

@@ -1,0 +1,90 @@
+//! `weir status`: where a job stands, read from the lake alone (no warehouse is contacted): the last
+//! committed batch, and per destination the last loaded batch and how many committed batches wait.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::job_path;
+use crate::commit::{CommitStore, ObjectCommitStore};
+use crate::job::Job;
+use crate::load::Cursors;
+use crate::sink::lake::STATE;
+use crate::storage;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Job file (jobs/<name>.toml, or just <name>).
+    pub job: PathBuf,
+    /// Target (default: the job's default_target, else "local").
+    #[arg(long, short)]
+    pub target: Option<String>,
+    /// Read this lake (folder or URL) instead of the target's.
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let job = Job::load(job_path(&args.job))?;
+    let target = job.target(args.target.as_deref())?;
+    let lake = args.lake.clone().unwrap_or(target.lake.clone());
+    let (store, root) = storage::parse(&lake)?;
+    let state = root.join(STATE).join(job.name.as_str());
+    let commits = ObjectCommitStore::new(store.clone(), state.clone(), &job.name);
+    let last = commits.recover().await?.last;
+    let committed = last.as_ref().map_or(0, |c| c.batch);
+    let cursors = Cursors::new(store, state);
+    let mut rows = Vec::new();
+    for d in crate::load::warehouses(target) {
+        let name = d.key();
+        let c = cursors.get(name).await?;
+        // Committed batches after the cursor (ids need not be contiguous).
+        let backlog = commits.commits_after(c.batch).await?.len();
+        rows.push((name, c, backlog));
+    }
+    if args.json {
+        let loads: Vec<_> = rows
+            .iter()
+            .map(|(n, c, b)| {
+                serde_json::json!({
+                    "destination": n, "loaded_batch": c.batch, "loaded_at": c.loaded_at, "backlog": b,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "job": job.name, "target": target.name, "lake": lake,
+            "committed_batch": committed,
+            "committed_at": last.as_ref().map(|c| c.committed_at),
+            "loads": loads,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("weir status {} (target {})", job.name, target.name);
+    println!("  lake       {lake}");
+    match &last {
+        Some(c) => println!(
+            "  committed  batch {} at {}",
+            c.batch,
+            c.committed_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        None => println!("  committed  nothing yet"),
+    }
+    if rows.is_empty() {
+        println!("  loads      none configured for this target");
+    }
+    for (name, c, backlog) in rows {
+        let at = c
+            .loaded_at
+            .map(|t| format!(" at {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+            .unwrap_or_default();
+        println!(
+            "  {name:<10} loaded batch {}{at}, {backlog} batch{} behind",
+            c.batch,
+            if backlog == 1 { "" } else { "es" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,437 @@
+//! Google BigQuery: per batch, table and file, a load job of the lake's Parquet file. From `gs://`
+//! URIs when the lake is on GCS; otherwise the file is sent with a resumable upload to the BigQuery
+//! upload endpoint (`upload.rs`; the client crate lacks it).
+//!
+//! Exactly once: the job id is derived from (job, table, batch, file). Before loading, the job is
+//! looked up: done without error means loaded; running means wait; failed means try the next
+//! attempt's id (a failed load job loads nothing). "Already exists" on insert means another attempt
+//! got there first, so the job is looked up again.
+
+mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gcp_bigquery_client::Client;
+use gcp_bigquery_client::auth::Authenticator;
+use gcp_bigquery_client::client_builder::ClientBuilder;
+use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::dataset::Dataset;
+use gcp_bigquery_client::model::field_type::FieldType;
+use gcp_bigquery_client::model::job::Job;
+use gcp_bigquery_client::model::job_configuration::JobConfiguration;
+use gcp_bigquery_client::model::job_configuration_load::JobConfigurationLoad;
+use gcp_bigquery_client::model::job_reference::JobReference;
+use gcp_bigquery_client::model::table::Table;
+use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
+use gcp_bigquery_client::model::table_reference::TableReference;
+use gcp_bigquery_client::model::table_schema::TableSchema;
+use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
+use gcp_bigquery_client::yup_oauth2;
+use tokio::sync::OnceCell;
+
+use super::types::{Warehouse, column_type};
+use super::{Destination, LakeFiles, LoadError, OutputTable};
+use crate::commit::CommitRecord;
+use crate::job::BigQueryConfig;
+use crate::sink::WrittenFile;
+
+const NAME: &str = "bigquery";
+const DEFAULT_ENDPOINT: &str = "https://bigquery.googleapis.com";
+const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+/// Failed load jobs of one file before giving up on it (each is retried under a new job id).
+const MAX_ATTEMPTS: u32 = 10;
+const POLL: Duration = Duration::from_millis(200);
+
+pub struct BigQuery {
+    project: String,
+    dataset: String,
+    location: String,
+    endpoint: String,
+    anonymous: bool,
+    job: String,
+    lake: LakeFiles,
+    state: OnceCell<(Client, Arc<dyn Authenticator>)>,
+    http: reqwest::Client,
+}
+
+impl BigQuery {
+    pub fn new(c: &BigQueryConfig, job: &str, lake: LakeFiles) -> Self {
+        Self {
+            project: c.project.clone(),
+            dataset: c.dataset.clone(),
+            location: c.location.clone().unwrap_or_else(|| "US".into()),
+            endpoint: c
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+                .trim_end_matches('/')
+                .to_string(),
+            anonymous: c.auth.as_deref() == Some("none"),
+            job: job.to_string(),
+            lake,
+            state: OnceCell::new(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> LoadError {
+        LoadError::failed(NAME, what)
+    }
+
+    async fn client(&self) -> Result<&(Client, Arc<dyn Authenticator>), LoadError> {
+        self.state
+            .get_or_try_init(|| async {
+                let auth: Arc<dyn Authenticator> = if self.anonymous {
+                    Arc::new(Anonymous)
+                } else {
+                    Arc::new(ApplicationDefault::new().await.map_err(|e| {
+                        self.fail(format!("Google application-default credentials: {e}; set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"))
+                    })?)
+                };
+                let client = ClientBuilder::new()
+                    .with_v2_base_url(format!("{}/bigquery/v2", self.endpoint))
+                    .with_client(self.http.clone())
+                    .build_from_authenticator(auth.clone())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok((client, auth))
+            })
+            .await
+    }
+
+    /// The load job id of one file of a batch, per attempt.
+    pub fn job_id(&self, table: &str, batch: u64, file: usize, attempt: u32) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        let base = format!("weir_{}_{}_{batch}_{file}", clean(&self.job), clean(table));
+        if attempt == 0 {
+            base
+        } else {
+            format!("{base}_r{attempt}")
+        }
+    }
+
+    fn load_config(&self, table: &str, uris: Option<Vec<String>>) -> JobConfiguration {
+        let mut load = JobConfigurationLoad::default();
+        load.destination_table = Some(TableReference::new(&self.project, &self.dataset, table));
+        load.source_format = Some("PARQUET".into());
+        load.write_disposition = Some("WRITE_APPEND".into());
+        load.create_disposition = Some("CREATE_NEVER".into());
+        load.source_uris = uris;
+        let mut config = JobConfiguration::default();
+        config.load = Some(load);
+        config
+    }
+
+    /// Loads one file exactly once; returns when its load job is done.
+    async fn load_file(
+        &self,
+        table: &str,
+        batch: u64,
+        index: usize,
+        file: &WrittenFile,
+    ) -> Result<(), LoadError> {
+        let (client, auth) = self.client().await?;
+        let mut last_error = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            let id = self.job_id(table, batch, index, attempt);
+            loop {
+                match self.job_state(client, &id).await? {
+                    JobState::Missing => {}
+                    JobState::Running => {
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
+                    JobState::Done => return Ok(()),
+                    JobState::Failed(e) => {
+                        last_error = e;
+                        break;
+                    }
+                }
+                let submitted = if self.lake.url.starts_with("gs://") {
+                    let config = self.load_config(table, Some(vec![self.lake.url_of(&file.path)]));
+                    let job = Job {
+                        configuration: Some(config),
+                        job_reference: Some(self.job_reference(&id)),
+                        ..Default::default()
+                    };
+                    let inserted = client.job().insert(&self.project, job).await;
+                    inserted
+                        .map(|_| ())
+                        .map_err(|e| (status(&e), e.to_string()))
+                } else {
+                    let data = self
+                        .lake
+                        .read(&file.path)
+                        .await
+                        .map_err(|e| self.fail(format!("reading {}: {e}", file.path)))?;
+                    let token = auth.access_token().await.map_err(|e| self.fail(e))?;
+                    let job = serde_json::json!({
+                        "jobReference": self.job_reference(&id),
+                        "configuration": self.load_config(table, None),
+                    });
+                    upload::resumable(
+                        &self.http,
+                        &self.endpoint,
+                        &self.project,
+                        &token,
+                        &job,
+                        data,
+                    )
+                    .await
+                    .map_err(|e| (e.status(), e.to_string()))
+                };
+                match submitted {
+                    // Already exists: an earlier attempt submitted it; poll it like our own.
+                    Ok(()) | Err((Some(409), _)) => {}
+                    Err((_, e)) => {
+                        return Err(self.fail(format!("load job {id} of {}: {e}", file.path)));
+                    }
+                }
+            }
+        }
+        Err(self.fail(format!(
+            "{table}: gave up on {} after {MAX_ATTEMPTS} failed load jobs; last error: {last_error}",
+            file.path
+        )))
+    }
+
+    fn job_reference(&self, id: &str) -> JobReference {
+        JobReference {
+            job_id: Some(id.to_string()),
+            location: Some(self.location.clone()),
+            project_id: Some(self.project.clone()),
+        }
+    }
+
+    async fn job_state(&self, client: &Client, id: &str) -> Result<JobState, LoadError> {
+        match client
+            .job()
+            .get_job(&self.project, id, Some(&self.location))
+            .await
+        {
+            Err(e) if status(&e) == Some(404) => Ok(JobState::Missing),
+            Err(e) => Err(self.fail(format!("job {id}: {e}"))),
+            Ok(job) => {
+                let st = job.status.unwrap_or_default();
+                if st.state.as_deref() != Some("DONE") {
+                    return Ok(JobState::Running);
+                }
+                Ok(match st.error_result {
+                    None => JobState::Done,
+                    Some(e) => {
+                        let detail: Vec<String> = st
+                            .errors
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|e| e.message)
+                            .collect();
+                        JobState::Failed(format!(
+                            "job {id}: {}{}",
+                            e.message.unwrap_or_default(),
+                            if detail.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", detail.join("; "))
+                            }
+                        ))
+                    }
+                })
+            }
+        }
+    }
+}
+
+enum JobState {
+    Missing,
+    Running,
+    Done,
+    Failed(String),
+}
+
+/// The HTTP status of an API error.
+fn status(e: &BQError) -> Option<i64> {
+    match e {
+        BQError::ResponseError { error } => Some(error.error.code),
+        _ => None,
+    }
+}
+
+fn field_type(t: &str) -> FieldType {
+    match t {
+        "BOOL" => FieldType::Bool,
+        "INT64" => FieldType::Int64,
+        "FLOAT64" => FieldType::Float64,
+        "STRING" => FieldType::String,
+        "BYTES" => FieldType::Bytes,
+        "DATE" => FieldType::Date,
+        "TIMESTAMP" => FieldType::Timestamp,
+        "DATETIME" => FieldType::Datetime,
+        "BIGNUMERIC" => FieldType::Bignumeric,
+        _ => FieldType::Numeric,
+    }
+}
+
+fn type_name(t: &FieldType) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Destination for BigQuery {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError> {
+        let (client, _) = self.client().await?;
+        match client.dataset().get(&self.project, &self.dataset).await {
+            Ok(_) => {}
+            Err(e) if status(&e) == Some(404) => {
+                let ds = Dataset::new(&self.project, &self.dataset).location(&self.location);
+                match client.dataset().create(ds).await {
+                    Ok(_) => {}
+                    Err(e) if status(&e) == Some(409) => {}
+                    Err(e) => {
+                        return Err(self.fail(format!("creating dataset {}: {e}", self.dataset)));
+                    }
+                }
+            }
+            Err(e) => return Err(self.fail(format!("dataset {}: {e}", self.dataset))),
+        }
+        for t in tables {
+            let desired: Vec<(String, String)> = t
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    column_type(Warehouse::BigQuery, f.data_type())
+                        .map(|ty| (f.name().clone(), ty))
+                        .map_err(|message| LoadError::Schema {
+                            destination: NAME,
+                            table: t.name.clone(),
+                            column: f.name().clone(),
+                            message,
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            let fields = |cols: &[(String, String)]| -> Vec<TableFieldSchema> {
+                cols.iter()
+                    .map(|(n, ty)| TableFieldSchema::new(n, field_type(ty)))
+                    .collect()
+            };
+            match client
+                .table()
+                .get(&self.project, &self.dataset, &t.name, None)
+                .await
+            {
+                Err(e) if status(&e) == Some(404) => {
+                    let mut table = Table::new(
+                        &self.project,
+                        &self.dataset,
+                        &t.name,
+                        TableSchema::new(fields(&desired)),
+                    );
+                    if let Some(col) = t.time_partition() {
+                        let mut tp = TimePartitioning::per_day();
+                        tp.field = Some(col.to_string());
+                        table = table.time_partitioning(tp);
+                    }
+                    match client.table().create(table).await {
+                        Ok(_) => {}
+                        Err(e) if status(&e) == Some(409) => {}
+                        Err(e) => return Err(self.fail(format!("creating table {}: {e}", t.name))),
+                    }
+                }
+                Err(e) => return Err(self.fail(format!("table {}: {e}", t.name))),
+                Ok(existing) => {
+                    let have: Vec<(String, String)> = existing
+                        .schema
+                        .fields
+                        .clone()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|f| (f.name.clone(), type_name(&f.r#type)))
+                        .collect();
+                    let added = super::evolve(NAME, &t.name, &have, &desired)?;
+                    if !added.is_empty() {
+                        let mut all = existing.schema.fields.clone().unwrap_or_default();
+                        all.extend(fields(&added));
+                        let mut patch = existing.clone();
+                        patch.schema = TableSchema::new(all);
+                        client
+                            .table()
+                            .patch(&self.project, &self.dataset, &t.name, patch)
+                            .await
+                            .map_err(|e| self.fail(format!("adding columns to {}: {e}", t.name)))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
+        for table in batch.rows.keys() {
+            let files = batch.files.iter().filter(|f| &f.table == table);
+            for (i, file) in files.enumerate() {
+                self.load_file(table, batch.batch, i, file).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// No credentials: for emulators only.
+#[derive(Clone)]
+struct Anonymous;
+
+#[async_trait]
+impl Authenticator for Anonymous {
+    async fn access_token(&self) -> Result<String, BQError> {
+        Ok(String::new())
+    }
+}
+
+/// Google application-default credentials: `GOOGLE_APPLICATION_CREDENTIALS`, or the metadata server.
+#[derive(Clone)]
+struct ApplicationDefault(yup_oauth2::authenticator::DefaultAuthenticator);
+
+impl ApplicationDefault {
+    async fn new() -> std::io::Result<Self> {
+        use yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes as Kind;
+        let opts = yup_oauth2::ApplicationDefaultCredentialsFlowOpts::default();
+        let auth = match yup_oauth2::ApplicationDefaultCredentialsAuthenticator::builder(opts).await
+        {
+            Kind::InstanceMetadata(b) => b.build().await?,
+            Kind::ServiceAccount(b) => b.build().await?,
+        };
+        Ok(Self(auth))
+    }
+}
+
+#[async_trait]
+impl Authenticator for ApplicationDefault {
+    async fn access_token(&self) -> Result<String, BQError> {
+        Ok(self
+            .0
+            .token(&[SCOPE])
+            .await?
+            .token()
+            .ok_or(BQError::NoToken)?
+            .to_string())
+    }
+}

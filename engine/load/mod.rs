@@ -1,0 +1,517 @@
+//! Loads behind the commit: once a batch's Parquet files are committed to the lake, each configured
+//! destination (Glue, Redshift, PostgreSQL, BigQuery) takes the batch exactly once, in batch order,
+//! on its own task, retried with backoff. A warehouse that is down never stops the lake.
+//!
+//! Exactly once: each destination keeps its own proof of what it loaded, keyed by (job, table,
+//! batch): a ledger row written in the same transaction as the rows (PostgreSQL, Redshift), a load
+//! job id derived from it (BigQuery), partitions that already exist (Glue). The cursor kept in the
+//! lake (`_weir/<job>/loads/<destination>.json`) only says where to resume; a batch loaded but not
+//! yet recorded there is skipped by the destination's own check.
+
+pub mod bigquery;
+pub mod glue;
+pub mod postgres;
+pub mod redshift;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::commit::{CommitRecord, CommitStore};
+use crate::job::{Job, Target};
+pub use types::Warehouse;
+
+/// Backoff between failed attempts: doubles from the first to the last, with jitter.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The destination's table cannot take the output as it now is: fatal, before data moves.
+    #[error("{destination} table {table}, column {column}: {message}")]
+    Schema {
+        destination: &'static str,
+        table: String,
+        column: String,
+        message: String,
+    },
+    /// Anything worth retrying: unreachable, throttled, a failed statement or job.
+    #[error("{destination}: {message}")]
+    Failed {
+        destination: &'static str,
+        message: String,
+    },
+}
+
+impl LoadError {
+    pub fn failed(destination: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::Failed {
+            destination,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// One output table as a destination sees it.
+#[derive(Debug, Clone)]
+pub struct OutputTable {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub partition_by: Vec<String>,
+}
+
+impl OutputTable {
+    /// Each output of a job as loaders see it: name, schema and partition columns.
+    pub fn of(job: &Job, transforms: &crate::transform::Transforms) -> Vec<Self> {
+        transforms
+            .transforms
+            .iter()
+            .zip(&transforms.schemas)
+            .map(|(t, schema)| Self {
+                name: t.name.clone(),
+                schema: schema.clone(),
+                partition_by: job.output(&t.name).partition_by,
+            })
+            .collect()
+    }
+
+    /// The first partition column that is a date or timestamp (for BigQuery time partitioning).
+    pub fn time_partition(&self) -> Option<&str> {
+        use arrow::datatypes::DataType;
+        self.partition_by
+            .iter()
+            .find(|c| {
+                self.schema.field_with_name(c).is_ok_and(|f| {
+                    matches!(f.data_type(), DataType::Date32 | DataType::Timestamp(_, _))
+                })
+            })
+            .map(String::as_str)
+    }
+}
+
+/// The lake as loaders read it: the store, its root, and its URL (for manifests and catalogs).
+#[derive(Clone)]
+pub struct LakeFiles {
+    pub store: Arc<dyn ObjectStore>,
+    pub root: Path,
+    /// Absolute URL of the lake root, without a trailing slash (`s3://b/p`, `file:///abs`).
+    pub url: String,
+}
+
+impl LakeFiles {
+    pub fn path(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .fold(self.root.clone(), |p, part| p.join(part))
+    }
+
+    pub fn url_of(&self, relative: &str) -> String {
+        format!("{}/{}", self.url, relative.trim_start_matches('/'))
+    }
+
+    pub async fn read(&self, relative: &str) -> Result<bytes::Bytes, object_store::Error> {
+        self.store.get(&self.path(relative)).await?.bytes().await
+    }
+}
+
+/// A place committed batches are loaded into.
+#[async_trait]
+pub trait Destination: Send + Sync {
+    /// Short name: "glue", "redshift", "postgres", "bigquery".
+    fn name(&self) -> &'static str;
+    /// Creates what loads need (database, tables, ledger) and evolves tables: a new nullable
+    /// column is added; a changed or dropped column is a `LoadError::Schema`.
+    async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError>;
+    /// Loads one committed batch; loading a batch already loaded does nothing.
+    async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError>;
+}
+
+/// The destinations a target configures, each connected lazily (nothing is contacted here).
+pub fn destinations(
+    job: &Job,
+    target: &Target,
+    lake: &LakeFiles,
+) -> Result<Vec<Arc<dyn Destination>>, LoadError> {
+    let mut out: Vec<Arc<dyn Destination>> = Vec::new();
+    if let Some(c) = &target.glue {
+        out.push(Arc::new(glue::Glue::new(c, &job.name, lake.clone())));
+    }
+    if let Some(c) = &target.redshift {
+        out.push(Arc::new(redshift::Redshift::new(
+            c,
+            &job.name,
+            lake.clone(),
+        )?));
+    }
+    if let Some(c) = &target.postgres {
+        out.push(Arc::new(postgres::Postgres::new(
+            c,
+            &job.name,
+            lake.clone(),
+        )?));
+    }
+    if let Some(c) = &target.bigquery {
+        out.push(Arc::new(bigquery::BigQuery::new(
+            c,
+            &job.name,
+            lake.clone(),
+        )));
+    }
+    Ok(out)
+}
+
+/// The warehouses a target loads into, for type checks.
+pub fn warehouses(target: &Target) -> Vec<Warehouse> {
+    let mut w = Vec::new();
+    if target.glue.is_some() {
+        w.push(Warehouse::Glue);
+    }
+    if target.redshift.is_some() {
+        w.push(Warehouse::Redshift);
+    }
+    if target.postgres.is_some() {
+        w.push(Warehouse::Postgres);
+    }
+    if target.bigquery.is_some() {
+        w.push(Warehouse::BigQuery);
+    }
+    w
+}
+
+/// Where a destination's loads have reached, kept in the lake beside the commit log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The last batch loaded (every committed batch up to it is loaded).
+    pub batch: u64,
+    pub loaded_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The cursors of one job: `<lake>/_weir/<job>/loads/<destination>.json`.
+#[derive(Clone)]
+pub struct Cursors {
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+}
+
+impl Cursors {
+    pub fn new(store: Arc<dyn ObjectStore>, state: Path) -> Self {
+        Self {
+            store,
+            dir: state.join("loads"),
+        }
+    }
+
+    pub async fn get(&self, destination: &str) -> Result<Cursor, object_store::Error> {
+        match self
+            .store
+            .get(&self.dir.clone().join(format!("{destination}.json")))
+            .await
+        {
+            Ok(r) => {
+                let bytes = r.bytes().await?;
+                Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(Cursor::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn set(&self, destination: &str, cursor: &Cursor) -> Result<(), object_store::Error> {
+        let body = serde_json::to_vec_pretty(cursor).expect("cursor serializes");
+        self.store
+            .put(
+                &self.dir.clone().join(format!("{destination}.json")),
+                PutPayload::from(body),
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The loader tasks of a run: one per destination, each following the commits in order.
+pub struct Loads {
+    committed: watch::Sender<u64>,
+    loaded: Vec<(&'static str, watch::Receiver<u64>)>,
+    tasks: JoinSet<Result<(), LoadError>>,
+}
+
+impl Loads {
+    /// Starts one task per destination; each first loads the backlog up to `committed`.
+    pub fn start(
+        destinations: Vec<(Arc<dyn Destination>, bool)>,
+        tables: Vec<OutputTable>,
+        commits: Arc<dyn CommitStore>,
+        cursors: Cursors,
+        committed: u64,
+    ) -> Self {
+        let (tx, rx) = watch::channel(committed);
+        let mut tasks = JoinSet::new();
+        let mut loaded = Vec::new();
+        for (dest, prepared) in destinations {
+            let (ltx, lrx) = watch::channel(0);
+            loaded.push((dest.name(), lrx));
+            let follower = Follower {
+                dest,
+                tables: tables.clone(),
+                commits: commits.clone(),
+                cursors: cursors.clone(),
+                committed: rx.clone(),
+                loaded: ltx,
+                prepared,
+            };
+            tasks.spawn(async move {
+                let r = follower.run().await;
+                if let Err(e) = &r {
+                    tracing::error!("loads stopped: {e}");
+                }
+                r
+            });
+        }
+        Self {
+            committed: tx,
+            loaded,
+            tasks,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.loaded.is_empty()
+    }
+
+    /// Tells the loaders a new batch is committed.
+    pub fn committed(&self, batch: u64) {
+        self.committed.send_replace(batch);
+    }
+
+    /// The lowest batch every destination has loaded (compaction must not touch later files).
+    pub fn min_loaded(&self) -> Option<u64> {
+        self.loaded.iter().map(|(_, rx)| *rx.borrow()).min()
+    }
+
+    /// Per destination, the batch it has loaded.
+    pub fn progress(&self) -> Vec<(&'static str, u64)> {
+        self.loaded
+            .iter()
+            .map(|(n, rx)| (*n, *rx.borrow()))
+            .collect()
+    }
+
+    /// Waits until every destination has loaded every committed batch; a fatal error ends it.
+    pub async fn finish(
+        &mut self,
+        mut report: impl FnMut(&[(&'static str, u64)], u64),
+    ) -> Result<(), LoadError> {
+        let target = *self.committed.borrow();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let progress = self.progress();
+            report(&progress, target);
+            if progress.iter().all(|(_, b)| *b >= target) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(done) = self.tasks.join_next() => {
+                    done.expect("loader task panicked")?;
+                }
+            }
+        }
+    }
+
+    /// Stops the loaders where they are; what they had not loaded is loaded by the next run.
+    pub async fn stop(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One destination's loader: prepares, then loads each committed batch after its cursor.
+struct Follower {
+    dest: Arc<dyn Destination>,
+    tables: Vec<OutputTable>,
+    commits: Arc<dyn CommitStore>,
+    cursors: Cursors,
+    committed: watch::Receiver<u64>,
+    loaded: watch::Sender<u64>,
+    prepared: bool,
+}
+
+impl Follower {
+    async fn run(mut self) -> Result<(), LoadError> {
+        let name = self.dest.name();
+        if !self.prepared {
+            let (dest, tables) = (self.dest.clone(), self.tables.clone());
+            retry(name, "prepare", || {
+                let (dest, tables) = (dest.clone(), tables.clone());
+                async move { dest.prepare(&tables).await }
+            })
+            .await?;
+        }
+        let cursors = self.cursors.clone();
+        let mut at = retry(name, "read cursor", || {
+            let c = cursors.clone();
+            async move { c.get(name).await.map_err(|e| LoadError::failed(name, e)) }
+        })
+        .await?
+        .batch;
+        self.loaded.send_replace(at);
+        loop {
+            let committed = *self.committed.borrow_and_update();
+            metrics::gauge!("weir_load_backlog_batches", "destination" => name)
+                .set(committed.saturating_sub(at) as f64);
+            if at >= committed {
+                if self.committed.changed().await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let commits = self.commits.clone();
+            let pending = retry(name, "read the commit log", || {
+                let commits = commits.clone();
+                async move {
+                    commits
+                        .commits_after(at)
+                        .await
+                        .map_err(|e| LoadError::failed(name, e))
+                }
+            })
+            .await?;
+            for record in pending.into_iter().filter(|r| r.batch <= committed) {
+                let started = std::time::Instant::now();
+                let dest = self.dest.clone();
+                let rec = Arc::new(record);
+                retry(name, &format!("load batch {}", rec.batch), || {
+                    let (dest, rec) = (dest.clone(), rec.clone());
+                    async move { dest.load(&rec).await }
+                })
+                .await?;
+                at = rec.batch;
+                let cursor = Cursor {
+                    batch: at,
+                    loaded_at: Some(chrono::Utc::now()),
+                };
+                let cursors = self.cursors.clone();
+                retry(name, "save cursor", || {
+                    let (c, cur) = (cursors.clone(), cursor.clone());
+                    async move {
+                        c.set(name, &cur)
+                            .await
+                            .map_err(|e| LoadError::failed(name, e))
+                    }
+                })
+                .await?;
+                self.loaded.send_replace(at);
+                metrics::counter!("weir_load_batches_total", "destination" => name).increment(1);
+                metrics::histogram!("weir_load_seconds", "destination" => name)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!("weir_loaded_batch", "destination" => name).set(at as f64);
+                tracing::debug!(destination = name, batch = at, "loaded");
+            }
+            if at < committed {
+                // Batch ids are not contiguous (an empty batch commits nothing): all caught up.
+                at = committed;
+                self.loaded.send_replace(at);
+            }
+        }
+    }
+}
+
+/// Compares an existing table's columns with an output's: returns the columns to add; a column
+/// whose type changed or that the output dropped stops the run, naming the column and the fix.
+/// Names compare case-insensitively (Glue and BigQuery fold case); types after alias folding.
+pub fn evolve(
+    destination: &'static str,
+    table: &str,
+    existing: &[(String, String)],
+    desired: &[(String, String)],
+) -> Result<Vec<(String, String)>, LoadError> {
+    fn norm(t: &str) -> String {
+        let t = t.trim().to_ascii_lowercase().replace(", ", ",");
+        let t = t.replace("varchar(", "character varying(");
+        match t.as_str() {
+            "integer" | "int64" => "int64".into(),
+            "float" | "float64" => "float64".into(),
+            "boolean" | "bool" => "bool".into(),
+            _ => t,
+        }
+    }
+    let find = |cols: &[(String, String)], name: &str| {
+        cols.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, t)| t.clone())
+    };
+    let conflict = |column: &str, message: String| LoadError::Schema {
+        destination,
+        table: table.to_string(),
+        column: column.to_string(),
+        message,
+    };
+    for (name, ty) in existing {
+        match find(desired, name) {
+            None => {
+                return Err(conflict(
+                    name,
+                    format!(
+                        "the output no longer has this column ({ty}); add it back to the SQL (e.g. CAST(NULL AS ...) AS {name}), or migrate the table by hand"
+                    ),
+                ));
+            }
+            Some(want) if norm(&want) != norm(ty) => {
+                return Err(conflict(
+                    name,
+                    format!(
+                        "the output's type {want} differs from the table's {ty}; CAST it back to {ty} in the SQL, or migrate the table by hand"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(desired
+        .iter()
+        .filter(|(n, _)| find(existing, n).is_none())
+        .cloned()
+        .collect())
+}
+
+/// Runs `f` until it succeeds; schema errors are not retried.
+async fn retry<T, F, Fut>(destination: &'static str, what: &str, mut f: F) -> Result<T, LoadError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LoadError>>,
+{
+    let mut delay = BACKOFF_FIRST;
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => {
+                if attempt > 0 {
+                    tracing::info!(destination, "{what}: succeeded after {attempt} retries");
+                }
+                return Ok(v);
+            }
+            Err(e @ LoadError::Schema { .. }) => return Err(e),
+            Err(e) => {
+                attempt += 1;
+                metrics::counter!("weir_load_errors_total", "destination" => destination)
+                    .increment(1);
+                tracing::warn!(
+                    destination,
+                    "{what} failed (attempt {attempt}, retrying in {delay:?}): {e}"
+                );
+                let jitter = rand::random_range(0.5..1.0);
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                delay = (delay * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,752 @@
+//! Loads behind the commit, against real servers: PostgreSQL (this machine's, database `test`),
+//! the BigQuery emulator and Glue on moto. Rows in each warehouse are compared with DuckDB's reading
+//! of the lake; the load ledgers and job ids are checked for exactly once under retries, SIGKILL and
+//! a warehouse that is down. Redshift's DDL, COPY and manifest text are golden files, and its DDL
+//! runs on PostgreSQL.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const BATCHES: &str =
+    "max_records = 1500\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 4";
+const EVENTS: u64 = 12_000;
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
+
+fn pg_url() -> String {
+    env_or(
+        "WEIR_TEST_POSTGRES",
+        "postgres://postgres@127.0.0.1:5432/test",
+    )
+}
+
+fn bq_endpoint() -> String {
+    env_or("WEIR_TEST_BIGQUERY", "http://127.0.0.1:45672")
+}
+
+fn glue_endpoint() -> String {
+    env_or("WEIR_TEST_GLUE", "http://127.0.0.1:45671")
+}
+
+/// A name unique to this test process and call.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Where one test's loads go.
+struct Warehouses {
+    schema: String,
+    dataset: String,
+    database: String,
+}
+
+impl Warehouses {
+    fn new() -> Self {
+        Self {
+            schema: unique("weir_it"),
+            dataset: unique("weir_it"),
+            database: unique("weir_it"),
+        }
+    }
+
+    /// The `[targets.local]` body loading into all three, PostgreSQL at `pg`.
+    fn target(&self, pg: &str) -> String {
+        format!(
+            "source = {{ kind = \"files\", path = \"data/events/*.jsonl*\" }}\nlake = \"lake\"\n\
+             postgres = {{ url = \"{pg}\", schema = \"{}\" }}\n\
+             bigquery = {{ project = \"local\", dataset = \"{}\", endpoint = \"{}\", auth = \"none\" }}\n\
+             glue = {{ database = \"{}\" }}",
+            self.schema,
+            self.dataset,
+            bq_endpoint(),
+            self.database
+        )
+    }
+
+    fn project(&self, events: u64, pg: &str) -> Project {
+        let p = Project::ecommerce(events, 3, BATCHES);
+        let job = std::fs::read_to_string(p.job()).unwrap();
+        let job = replace_section(&job, "[targets.local]", &self.target(pg));
+        std::fs::write(p.job(), job).unwrap();
+        p
+    }
+}
+
+/// `weir` with the AWS environment pointing Glue at moto.
+fn weir_cmd(p: &Project, args: &[&str]) -> Command {
+    let mut c = weir();
+    c.args(args).arg(p.job());
+    c.env("AWS_ENDPOINT_URL_GLUE", glue_endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
+fn run_job(p: &Project) -> String {
+    stdout(&run(&mut weir_cmd(p, &["run", "--quiet"]), true))
+}
+
+/// Rows of a PostgreSQL query, each value as text.
+fn pg(sql: &str) -> Vec<Vec<String>> {
+    runtime().block_on(async {
+        let client = weir::load::postgres::wire::connect("postgres", &pg_url(), "PGPASSWORD")
+            .await
+            .expect("PostgreSQL at WEIR_TEST_POSTGRES");
+        let mut out = Vec::new();
+        for m in client.simple_query(sql).await.expect(sql) {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                out.push(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("").to_string())
+                        .collect(),
+                );
+            }
+        }
+        out
+    })
+}
+
+/// Rows of a BigQuery query on the emulator, each value as text.
+fn bq(sql: &str) -> Vec<Vec<String>> {
+    runtime().block_on(async {
+        let resp: serde_json::Value = reqwest::Client::new()
+            .post(format!(
+                "{}/bigquery/v2/projects/local/queries",
+                bq_endpoint()
+            ))
+            .json(&serde_json::json!({"query": sql, "useLegacySql": false}))
+            .send()
+            .await
+            .expect("BigQuery emulator at WEIR_TEST_BIGQUERY")
+            .json()
+            .await
+            .unwrap();
+        assert!(resp["error"].is_null(), "{sql}: {resp}");
+        resp["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                r["f"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v["v"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+fn glue() -> aws_sdk_glue::Client {
+    let conf = runtime().block_on(
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(glue_endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_glue::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load(),
+    );
+    aws_sdk_glue::Client::new(&conf)
+}
+
+/// Per table, the aggregates compared across the lake and the warehouses.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "sales",
+        "count(*), count(DISTINCT event_id), sum(revenue), sum(quantity)",
+    ),
+    (
+        "funnel",
+        "count(*), sum(views), sum(purchases), sum(revenue)",
+    ),
+    ("inventory", "count(*), sum(units_sold), sum(stock_after)"),
+];
+
+fn numbers(rows: Vec<Vec<String>>) -> Vec<f64> {
+    rows.into_iter()
+        .flatten()
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN))
+        .collect()
+}
+
+fn lake_numbers(lake: &Path, table: &str, aggs: &str) -> Vec<f64> {
+    let rows = duckdb(&format!("SELECT {aggs} FROM {}", lake_table(lake, table)));
+    rows.iter()
+        .flat_map(|l| {
+            l.split(',')
+                .map(|v| v.parse::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() < 1e-6 * w.abs().max(1.0),
+            "{what}: {got:?} vs lake {want:?}"
+        );
+    }
+}
+
+/// Every table's rows in PostgreSQL and BigQuery equal the lake's.
+fn assert_warehouses_match_lake(p: &Project, w: &Warehouses) {
+    for (table, aggs) in CHECKS {
+        let want = lake_numbers(&p.lake(), table, aggs);
+        assert!(want[0] > 0.0, "{table} is empty in the lake");
+        let got = numbers(pg(&format!(
+            "SELECT {aggs} FROM \"{}\".\"{table}\"",
+            w.schema
+        )));
+        assert_close(&format!("PostgreSQL {table}"), &got, &want);
+        let got = numbers(bq(&format!(
+            "SELECT {aggs} FROM `local.{}.{table}`",
+            w.dataset
+        )));
+        assert_close(&format!("BigQuery {table}"), &got, &want);
+    }
+}
+
+/// The (table, batch) pairs the commit log says have files.
+fn committed_pairs(p: &Project) -> BTreeSet<(String, u64)> {
+    let dir = p.lake().join("_weir/ecommerce/commits");
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        for f in v["files"].as_array().unwrap() {
+            let table = f["table"].as_str().unwrap();
+            if !table.starts_with('_') {
+                out.insert((table.to_string(), v["batch"].as_u64().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// The ledger holds each committed (table, batch) exactly once.
+fn assert_ledger_exact(p: &Project, w: &Warehouses) {
+    let rows = pg(&format!(
+        "SELECT table_name, batch FROM \"{}\"._weir_loads WHERE job = 'ecommerce'",
+        w.schema
+    ));
+    let pairs: Vec<(String, u64)> = rows
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect();
+    let set: BTreeSet<_> = pairs.iter().cloned().collect();
+    assert_eq!(set.len(), pairs.len(), "a batch is twice in the ledger");
+    assert_eq!(set, committed_pairs(p), "ledger vs commit log");
+}
+
+/// Each committed file was loaded by exactly the load job its (job, table, batch, file) names,
+/// done without error on the first attempt.
+fn assert_bigquery_jobs(p: &Project) {
+    let dir = p.lake().join("_weir/ecommerce/commits");
+    let mut checked = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        let batch = v["batch"].as_u64().unwrap();
+        let mut index: std::collections::BTreeMap<String, usize> = Default::default();
+        for f in v["files"].as_array().unwrap() {
+            let table = f["table"].as_str().unwrap();
+            if table.starts_with('_') {
+                continue;
+            }
+            let i = index.entry(table.to_string()).or_default();
+            let id = format!("weir_ecommerce_{table}_{batch}_{i}");
+            *i += 1;
+            let job: serde_json::Value = runtime().block_on(async {
+                reqwest::Client::new()
+                    .get(format!(
+                        "{}/bigquery/v2/projects/local/jobs/{id}",
+                        bq_endpoint()
+                    ))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap()
+            });
+            assert_eq!(job["status"]["state"], "DONE", "{id}: {job}");
+            assert!(job["status"]["errorResult"].is_null(), "{id}: {job}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 3, "only {checked} load jobs");
+}
+
+#[test]
+fn ecommerce_loads_match_the_lake_in_postgres_bigquery_and_glue() {
+    let w = Warehouses::new();
+    let p = w.project(EVENTS, &pg_url());
+    let out = run_job(&p);
+    assert!(out.contains("loaded   "), "{out}");
+    assert_warehouses_match_lake(&p, &w);
+    assert_ledger_exact(&p, &w);
+    assert_bigquery_jobs(&p);
+
+    // Glue: tables with mapped types, partition keys and one partition per lake folder.
+    let g = glue();
+    let rt = runtime();
+    let t = rt
+        .block_on(
+            g.get_table()
+                .database_name(&w.database)
+                .name("sales")
+                .send(),
+        )
+        .unwrap();
+    let t = t.table().unwrap();
+    let cols: Vec<(String, String)> = t
+        .storage_descriptor()
+        .unwrap()
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.r#type().unwrap().to_string()))
+        .collect();
+    assert!(
+        cols.contains(&("revenue".into(), "decimal(12,2)".into())),
+        "{cols:?}"
+    );
+    assert!(
+        cols.contains(&("event_time".into(), "timestamp".into())),
+        "{cols:?}"
+    );
+    assert!(
+        cols.contains(&("user_id".into(), "bigint".into())),
+        "{cols:?}"
+    );
+    assert_eq!(t.partition_keys()[0].name(), "dt");
+    assert_eq!(t.partition_keys()[0].r#type(), Some("date"));
+    let parts = rt
+        .block_on(
+            g.get_partitions()
+                .database_name(&w.database)
+                .table_name("sales")
+                .send(),
+        )
+        .unwrap();
+    let folders: BTreeSet<String> = std::fs::read_dir(p.lake().join("sales"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(parts.partitions().len(), folders.len(), "{folders:?}");
+    for part in parts.partitions() {
+        let loc = part.storage_descriptor().unwrap().location().unwrap();
+        assert!(
+            loc.starts_with("file:///") && loc.contains("/lake/sales/dt="),
+            "{loc}"
+        );
+    }
+
+    // Status: everything loaded, nothing behind.
+    let status = stdout(&run(&mut weir_cmd(&p, &["status"]), true));
+    for d in ["postgres", "bigquery", "glue"] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.trim_start().starts_with(d) && l.contains("0 batches behind")),
+            "{status}"
+        );
+    }
+
+    // Retries never double-load: forget where the loaders were, run again, same rows.
+    std::fs::remove_dir_all(p.lake().join("_weir/ecommerce/loads")).unwrap();
+    run_job(&p);
+    assert_warehouses_match_lake(&p, &w);
+    assert_ledger_exact(&p, &w);
+}
+
+#[test]
+fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
+    let w = Warehouses::new();
+    let p = w.project(3_000, &pg_url());
+    run_job(&p);
+
+    // A new nullable column: every warehouse gets it, and new rows carry it.
+    let sql = std::fs::read_to_string(p.root().join("sql/ecommerce/sales.sql")).unwrap();
+    let with_channel = sql.replace(
+        "    event_time,\n",
+        "    event_time,\n    CAST('web' AS VARCHAR) AS channel,\n",
+    );
+    assert_ne!(with_channel, sql);
+    p.write("sql/ecommerce/sales.sql", &with_channel);
+    run(
+        weir()
+            .args([
+                "generate", "--events", "3000", "--files", "1", "--seed", "7", "--out",
+            ])
+            .arg(p.root().join("data/more")),
+        true,
+    );
+    std::fs::rename(
+        p.root().join("data/more/events/part-00000.jsonl"),
+        p.root().join("data/events/part-more.jsonl"),
+    )
+    .unwrap();
+    run_job(&p);
+    let pg_cols = pg(&format!(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = '{}' AND table_name = 'sales' AND column_name = 'channel'",
+        w.schema
+    ));
+    assert_eq!(pg_cols, [["text".to_string()]]);
+    let web = pg(&format!(
+        "SELECT count(*) FROM \"{}\".sales WHERE channel = 'web'",
+        w.schema
+    ));
+    assert_ne!(web[0][0], "0", "new rows carry the new column");
+    let bq_cols = bq(&format!(
+        "SELECT data_type FROM `local.{}.INFORMATION_SCHEMA.COLUMNS` WHERE table_name = 'sales' AND column_name = 'channel'",
+        w.dataset
+    ));
+    assert_eq!(bq_cols, [["STRING".to_string()]]);
+    let t = runtime()
+        .block_on(
+            glue()
+                .get_table()
+                .database_name(&w.database)
+                .name("sales")
+                .send(),
+        )
+        .unwrap();
+    let glue_cols: Vec<String> = t
+        .table()
+        .unwrap()
+        .storage_descriptor()
+        .unwrap()
+        .columns()
+        .iter()
+        .map(|c| format!("{} {}", c.name(), c.r#type().unwrap_or_default()))
+        .collect();
+    assert!(
+        glue_cols.contains(&"channel string".to_string()),
+        "{glue_cols:?}"
+    );
+    assert_warehouses_match_lake(&p, &w);
+
+    // A changed type stops the run before any file is written, naming the column.
+    let commits_before = std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
+        .unwrap()
+        .count();
+    p.write(
+        "sql/ecommerce/sales.sql",
+        &with_channel.replace(
+            "    quantity,\n",
+            "    CAST(quantity AS DOUBLE) AS quantity,\n",
+        ),
+    );
+    run(
+        weir()
+            .args([
+                "generate", "--events", "500", "--files", "1", "--seed", "8", "--out",
+            ])
+            .arg(p.root().join("data/more2")),
+        true,
+    );
+    std::fs::rename(
+        p.root().join("data/more2/events/part-00000.jsonl"),
+        p.root().join("data/events/part-more2.jsonl"),
+    )
+    .unwrap();
+    let out = run(&mut weir_cmd(&p, &["run", "--quiet"]), false);
+    let err = stderr(&out);
+    assert!(err.contains("quantity"), "{err}");
+    assert!(err.contains("CAST it back"), "{err}");
+    let commits_after = std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        commits_before, commits_after,
+        "a batch was written after a schema conflict"
+    );
+    let plans = std::fs::read_dir(p.lake().join("_weir/ecommerce/plans"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        plans, commits_after,
+        "a batch was planned after a schema conflict"
+    );
+}
+
+fn cursor(p: &Project, dest: &str) -> u64 {
+    std::fs::read(p.lake().join(format!("_weir/ecommerce/loads/{dest}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["batch"].as_u64())
+        .unwrap_or(0)
+}
+
+fn last_commit(p: &Project) -> u64 {
+    std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
+        .map(|d| {
+            d.filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_between_commit_and_load_loads_each_batch_exactly_once() {
+    let w = Warehouses::new();
+    let p = w.project(EVENTS, &pg_url());
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("seed {seed}");
+    let (mut kills, mut behind, mut attempts) = (0, 0, 0);
+    while (kills < 6 || behind < 2) && attempts < 40 {
+        attempts += 1;
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(300 + (seed >> 33) % 1500);
+        let mut child = weir_cmd(&p, &["run", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            let committed = last_commit(&p);
+            if cursor(&p, "postgres") < committed || cursor(&p, "bigquery") < committed {
+                behind += 1;
+            }
+        } else {
+            child.wait().unwrap();
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills hit a running process");
+    assert!(behind >= 1, "no kill landed between a commit and its load");
+    run_job(&p);
+    assert_warehouses_match_lake(&p, &w);
+    assert_ledger_exact(&p, &w);
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_warehouse_down_does_not_stop_the_lake_and_loads_catch_up() {
+    let w = Warehouses::new();
+    let port = free_port();
+    let down = pg_url().replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    let p = w.project(EVENTS, &down);
+    let mut child = weir_cmd(&p, &["run", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The lake takes every event while PostgreSQL is unreachable.
+    let started = Instant::now();
+    loop {
+        let records: u64 = std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
+            .map(|d| {
+                d.filter_map(|e| {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(e.ok()?.path()).ok()?).ok()?;
+                    v["records"].as_u64()
+                })
+                .sum()
+            })
+            .unwrap_or(0);
+        if records == EVENTS {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "weir exited while PostgreSQL was down"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the lake stalled at {records} events"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cursor(&p, "postgres"), 0, "nothing can be loaded yet");
+    let status = stdout(&run(&mut weir_cmd(&p, &["status"]), true));
+    assert!(status.contains("postgres   loaded batch 0"), "{status}");
+    // Bring it back: a proxy on the port the job uses.
+    let mut proxy = Command::new(python_path())
+        .arg(repo().join("tests/stand-ins/tcp_proxy.py"))
+        .args([&port.to_string(), "127.0.0.1", "5432"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("retrying"),
+        "the loader did not report its retries: {err}"
+    );
+    assert_eq!(cursor(&p, "postgres"), last_commit(&p));
+    for (table, aggs) in CHECKS {
+        let want = lake_numbers(&p.lake(), table, aggs);
+        let got = numbers(pg(&format!(
+            "SELECT {aggs} FROM \"{}\".\"{table}\"",
+            w.schema
+        )));
+        assert_close(&format!("PostgreSQL {table}"), &got, &want);
+    }
+    assert_ledger_exact(&p, &w);
+}
+
+/// Compares `text` with a golden file (rewritten when WEIR_UPDATE_GOLDEN is set).
+fn golden(name: &str, text: &str) {
+    let path = repo().join("tests/golden/redshift").join(name);
+    if std::env::var_os("WEIR_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with WEIR_UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(
+        text, want,
+        "{} differs; run with WEIR_UPDATE_GOLDEN=1 after checking",
+        name
+    );
+}
+
+fn redshift(schema: &str) -> weir::load::redshift::Redshift {
+    let config: weir::job::RedshiftConfig = toml::from_str(&format!(
+        "url = \"postgres://loader@shop.abc123.eu-west-1.redshift.amazonaws.com:5439/shop?sslmode=require\"\n\
+         schema = \"{schema}\"\niam_role = \"arn:aws:iam::123456789012:role/weir-redshift\"\nregion = \"eu-west-1\""
+    ))
+    .unwrap();
+    let lake = weir::load::LakeFiles {
+        store: std::sync::Arc::new(object_store::memory::InMemory::new()),
+        root: object_store::path::Path::from("events"),
+        url: "s3://shop-lake/events".into(),
+    };
+    weir::load::redshift::Redshift::new(&config, "ecommerce", lake).unwrap()
+}
+
+fn sample_tables() -> Vec<weir::load::OutputTable> {
+    let job = weir::job::Job::load(repo().join("jobs/ecommerce.toml")).unwrap();
+    let transforms = runtime()
+        .block_on(weir::transform::Transforms::load(&job))
+        .unwrap();
+    weir::load::OutputTable::of(&job, &transforms)
+}
+
+#[test]
+fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
+    let tables = sample_tables();
+    let r = redshift("analytics");
+    golden(
+        "create.sql",
+        &format!("{};\n", r.create_statements(&tables).unwrap().join(";\n\n")),
+    );
+    let files = [
+        weir::sink::WrittenFile {
+            table: "sales".into(),
+            path: "sales/dt=2025-06-01/ecommerce-00000000000000000042-0.parquet".into(),
+            rows: 1200,
+            bytes: 48_213,
+        },
+        weir::sink::WrittenFile {
+            table: "sales".into(),
+            path: "sales/dt=2025-06-02/ecommerce-00000000000000000042-1.parquet".into(),
+            rows: 80,
+            bytes: 6_120,
+        },
+    ];
+    let refs: Vec<_> = files.iter().collect();
+    golden("manifest.json", &format!("{}\n", r.manifest(&refs)));
+    let ledger = r.ledger();
+    let at = chrono::DateTime::parse_from_rfc3339("2025-06-02T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let manifest = format!("s3://shop-lake/events/{}", r.manifest_path(42, "sales"));
+    let transaction = [
+        "BEGIN".to_string(),
+        ledger.lock(),
+        ledger.loaded("ecommerce", "sales", 42),
+        r.copy_statement("sales", &manifest),
+        ledger.insert("ecommerce", "sales", 42, 1280, 2, at),
+        "COMMIT".to_string(),
+    ];
+    golden("load.sql", &format!("{};\n", transaction.join(";\n\n")));
+
+    // The same DDL (in a fresh schema) is valid PostgreSQL, which Redshift's dialect derives from.
+    let schema = unique("weir_redshift");
+    let statements = redshift(&schema).create_statements(&tables).unwrap();
+    runtime().block_on(async {
+        let client = weir::load::postgres::wire::connect("postgres", &pg_url(), "PGPASSWORD")
+            .await
+            .unwrap();
+        for s in &statements {
+            client
+                .batch_execute(s)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    });
+    let cols = pg(&format!(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = '{schema}' AND table_name = 'sales' ORDER BY ordinal_position"
+    ));
+    assert!(
+        cols.contains(&vec!["revenue".to_string(), "numeric".to_string()]),
+        "{cols:?}"
+    );
+    assert!(
+        cols.contains(&vec![
+            "event_id".to_string(),
+            "character varying".to_string()
+        ]),
+        "{cols:?}"
+    );
+}
