@@ -104,3 +104,46 @@ fn sql_errors_name_file_line_and_refuse_writes() {
         "{text}"
     );
 }
+
+#[test]
+fn warehouse_config_and_type_errors_name_the_key_or_column_and_the_fix() {
+    let p = Project::ecommerce(10, 1, "max_records = 10");
+    let job = std::fs::read_to_string(p.job()).unwrap();
+    let with = |extra: &str| {
+        std::fs::write(p.job(), format!("{job}{extra}\n")).unwrap();
+    };
+
+    with("postgres = { url = \"postgres://loader:secret@127.0.0.1:5432/shop\" }");
+    let err = fails(&p, "validate");
+    assert!(err.contains("targets.local.postgres.url"), "{err}");
+    assert!(err.contains("PGPASSWORD"), "{err}");
+
+    with(
+        "redshift = { url = \"postgres://loader@rs:5439/shop\", iam_role = \"arn:aws:iam::1:role/r\" }",
+    );
+    let err = fails(&p, "run");
+    assert!(err.contains("targets.local.redshift"), "{err}");
+    assert!(err.contains("s3://"), "{err}");
+
+    with("bigquery = { project = \"p\", dataset = \"d\", auth = \"magic\" }");
+    let err = fails(&p, "validate");
+    assert!(err.contains("targets.local.bigquery.auth"), "{err}");
+
+    with("glue = { datbase = \"shop\" }");
+    let err = fails(&p, "validate");
+    assert!(err.contains("did you mean \"database\""), "{err}");
+
+    // An output type no warehouse holds faithfully: refused at validate and before a run moves data.
+    with("postgres = { url = \"postgres://loader@127.0.0.1:5432/shop\" }");
+    p.write(
+        "sql/ecommerce/odd.sql",
+        "-- unsigned counts\nSELECT CAST(count(*) AS INT UNSIGNED) AS n FROM events",
+    );
+    for cmd in ["validate", "run"] {
+        let err = fails(&p, cmd);
+        assert!(err.contains("odd.sql"), "{err}");
+        assert!(err.contains("column n"), "{err}");
+        assert!(err.contains("PostgreSQL"), "{err}");
+        assert!(err.contains("CAST it to BIGINT"), "{err}");
+    }
+}

@@ -267,7 +267,7 @@ fn assert_ledger_exact(p: &Project, w: &Warehouses) {
 
 /// Each committed file was loaded by exactly the load job its (job, table, batch, file) names,
 /// done without error on the first attempt.
-fn assert_bigquery_jobs(p: &Project) {
+fn assert_bigquery_jobs(p: &Project, w: &Warehouses) {
     let dir = p.lake().join("_weir/ecommerce/commits");
     let mut checked = 0;
     for e in std::fs::read_dir(dir).unwrap() {
@@ -281,7 +281,7 @@ fn assert_bigquery_jobs(p: &Project) {
                 continue;
             }
             let i = index.entry(table.to_string()).or_default();
-            let id = format!("weir_ecommerce_{table}_{batch}_{i}");
+            let id = format!("weir_{}_ecommerce_{table}_{batch}_{i}", w.dataset);
             *i += 1;
             let job: serde_json::Value = runtime().block_on(async {
                 reqwest::Client::new()
@@ -312,7 +312,7 @@ fn ecommerce_loads_match_the_lake_in_postgres_bigquery_and_glue() {
     assert!(out.contains("loaded   "), "{out}");
     assert_warehouses_match_lake(&p, &w);
     assert_ledger_exact(&p, &w);
-    assert_bigquery_jobs(&p);
+    assert_bigquery_jobs(&p, &w);
 
     // Glue: tables with mapped types, partition keys and one partition per lake folder.
     let g = glue();
@@ -525,7 +525,7 @@ fn last_commit(p: &Project) -> u64 {
 #[test]
 fn sigkill_between_commit_and_load_loads_each_batch_exactly_once() {
     let w = Warehouses::new();
-    let p = w.project(EVENTS, &pg_url());
+    let p = w.project(5 * EVENTS, &pg_url());
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -537,7 +537,7 @@ fn sigkill_between_commit_and_load_loads_each_batch_exactly_once() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(300 + (seed >> 33) % 1500);
+        let delay = Duration::from_millis(100 + (seed >> 33) % 1200);
         let mut child = weir_cmd(&p, &["run", "--quiet"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -2,7 +2,7 @@
 //! URIs when the lake is on GCS; otherwise the file is sent with a resumable upload to the BigQuery
 //! upload endpoint (`upload.rs`; the client crate lacks it).
 //!
-//! Exactly once: the job id is derived from (job, table, batch, file). Before loading, the job is
+//! Exactly once: the job id is derived from (dataset, job, table, batch, file). Before loading, the job is
 //! looked up: done without error means loaded; running means wait; failed means try the next
 //! attempt's id (a failed load job loads nothing). "Already exists" on insert means another attempt
 //! got there first, so the job is looked up again.
@@ -101,7 +101,8 @@ impl BigQuery {
             .await
     }
 
-    /// The load job id of one file of a batch, per attempt.
+    /// The load job id of one file of a batch, per attempt; the dataset is in it because job ids are
+    /// unique per project.
     pub fn job_id(&self, table: &str, batch: u64, file: usize, attempt: u32) -> String {
         let clean = |s: &str| -> String {
             s.chars()
@@ -114,7 +115,12 @@ impl BigQuery {
                 })
                 .collect()
         };
-        let base = format!("weir_{}_{}_{batch}_{file}", clean(&self.job), clean(table));
+        let base = format!(
+            "weir_{}_{}_{}_{batch}_{file}",
+            clean(&self.dataset),
+            clean(&self.job),
+            clean(table)
+        );
         if attempt == 0 {
             base
         } else {
