@@ -424,14 +424,22 @@ impl Pipeline {
         }
     }
 
+    /// The last batch whose files compaction may merge: committed, and loaded everywhere. While
+    /// a restart replays a batch the loaders have not started: nothing is merged then.
+    fn compactable(&self) -> Option<u64> {
+        let committed = self.summary.last_batch?;
+        match &self.loads {
+            Some(loads) => Some(loads.min_loaded().map_or(committed, |l| l.min(committed))),
+            None if self.destinations.is_empty() => Some(committed),
+            None => None,
+        }
+    }
+
     /// Merges small files of committed batches that every destination has loaded.
     async fn compact(&mut self) -> Result<(), PipelineError> {
-        let Some(mut committed) = self.summary.last_batch else {
+        let Some(committed) = self.compactable() else {
             return Ok(());
         };
-        if let Some(loaded) = self.loads.as_ref().and_then(Loads::min_loaded) {
-            committed = committed.min(loaded);
-        }
         let mut tables: Vec<String> = self
             .transforms
             .transforms

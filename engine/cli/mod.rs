@@ -18,10 +18,12 @@ use clap::{Parser, Subcommand};
     name = "weir",
     version,
     about = "Micro-batch analytics for e-commerce event streams: events -> SQL -> Parquet lake, exactly once",
-    long_about = "Weir reads events (JSON lines or CSV files; Kinesis later), decodes them into Arrow \
-                  micro-batches, runs the job's SQL transforms with DataFusion and writes each output \
-                  table as Parquet (zstd, Hive partitions) to a lake folder or object store. Every \
-                  batch is committed exactly once: kill it at any moment and run it again.",
+    long_about = "Weir reads events (JSON lines or CSV files, or a Kinesis stream), decodes them into \
+                  Arrow micro-batches, runs the job's SQL transforms with DataFusion and writes each \
+                  output table as Parquet (zstd, Hive partitions) to a lake folder or object store. \
+                  Every batch is committed exactly once: kill it at any moment and run it again. \
+                  Behind the commit, the same files are registered in Glue and loaded into Redshift, \
+                  PostgreSQL and BigQuery, each exactly once.",
     after_help = "Start with:  weir run jobs/ecommerce.toml   then   weir query \"select * from sales limit 5\"\n\
                   Logs: RUST_LOG=weir=debug"
 )]

@@ -290,6 +290,9 @@ impl Loads {
     /// Tells the loaders a new batch is committed.
     pub fn committed(&self, batch: u64) {
         self.committed.send_replace(batch);
+        for (name, loaded) in &self.loaded {
+            backlog(name, batch, *loaded.borrow());
+        }
     }
 
     /// The lowest batch every destination has loaded (compaction must not touch later files).
@@ -348,14 +351,6 @@ struct Follower {
 impl Follower {
     async fn run(mut self) -> Result<(), LoadError> {
         let name = self.dest.name();
-        if !self.prepared {
-            let (dest, tables) = (self.dest.clone(), self.tables.clone());
-            retry(name, "prepare", || {
-                let (dest, tables) = (dest.clone(), tables.clone());
-                async move { dest.prepare(&tables).await }
-            })
-            .await?;
-        }
         let cursors = self.cursors.clone();
         let mut at = retry(name, "read cursor", || {
             let c = cursors.clone();
@@ -364,10 +359,18 @@ impl Follower {
         .await?
         .batch;
         self.loaded.send_replace(at);
+        backlog(name, *self.committed.borrow(), at);
+        if !self.prepared {
+            let (dest, tables) = (self.dest.clone(), self.tables.clone());
+            retry(name, "prepare", || {
+                let (dest, tables) = (dest.clone(), tables.clone());
+                async move { dest.prepare(&tables).await }
+            })
+            .await?;
+        }
         loop {
             let committed = *self.committed.borrow_and_update();
-            metrics::gauge!("weir_load_backlog_batches", "destination" => name)
-                .set(committed.saturating_sub(at) as f64);
+            backlog(name, committed, at);
             if at >= committed {
                 if self.committed.changed().await.is_err() {
                     return Ok(());
@@ -481,6 +484,12 @@ pub fn evolve(
         .filter(|(n, _)| find(existing, n).is_none())
         .cloned()
         .collect())
+}
+
+/// Sets a destination's backlog gauge: committed batch ids not yet loaded.
+fn backlog(destination: &'static str, committed: u64, loaded: u64) {
+    metrics::gauge!("weir_load_backlog_batches", "destination" => destination)
+        .set(committed.saturating_sub(loaded) as f64);
 }
 
 /// Runs `f` until it succeeds; schema errors are not retried.

@@ -556,6 +556,7 @@ fn sigkill_between_commit_and_load_loads_each_batch_exactly_once() {
             child.wait().unwrap();
         }
     }
+    eprintln!("{kills} kills, {behind} between a commit and its load, {attempts} runs");
     assert!(kills >= 3, "only {kills} kills hit a running process");
     assert!(behind >= 1, "no kill landed between a commit and its load");
     run_job(&p);
@@ -578,7 +579,8 @@ fn a_warehouse_down_does_not_stop_the_lake_and_loads_catch_up() {
     let port = free_port();
     let down = pg_url().replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
     let p = w.project(EVENTS, &down);
-    let mut child = weir_cmd(&p, &["run", "--quiet"])
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut child = weir_cmd(&p, &["run", "--quiet", "--metrics", &metrics])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -610,6 +612,22 @@ fn a_warehouse_down_does_not_stop_the_lake_and_loads_catch_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(cursor(&p, "postgres"), 0, "nothing can be loaded yet");
+    // The backlog is visible in /metrics.
+    let text = runtime().block_on(async {
+        reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let backlog: f64 = text
+        .lines()
+        .find(|l| l.starts_with("weir_load_backlog_batches{destination=\"postgres\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no postgres backlog in /metrics:\n{text}"));
+    assert!(backlog >= 1.0, "backlog {backlog}");
     let status = stdout(&run(&mut weir_cmd(&p, &["status"]), true));
     assert!(status.contains("postgres   loaded batch 0"), "{status}");
     // Bring it back: a proxy on the port the job uses.
