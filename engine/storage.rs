@@ -1,10 +1,11 @@
 //! Object store access for every path Weir touches: a local folder, `file://`, `s3://` (endpoint,
-//! region and credentials from the standard AWS environment).
+//! region and credentials from the standard AWS environment), `gs://` (Google credentials).
 
 use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use url::Url;
@@ -57,8 +58,22 @@ pub fn parse(location: &str) -> Result<(Arc<dyn ObjectStore>, Path), StorageErro
                 .map_err(|e| invalid(e.to_string()))?;
             Ok((Arc::new(store), path))
         }
+        "gs" => {
+            // Credentials from GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS or the
+            // metadata server, as object_store reads them.
+            let store = GoogleCloudStorageBuilder::from_env()
+                .with_url(location)
+                .build()
+                .map_err(|source| StorageError::Store {
+                    location: location.to_string(),
+                    source,
+                })?;
+            let path = Path::parse(url.path().trim_start_matches('/'))
+                .map_err(|e| invalid(e.to_string()))?;
+            Ok((Arc::new(store), path))
+        }
         other => Err(invalid(format!(
-            "unsupported scheme \"{other}\"; use a local path, file:// or s3://"
+            "unsupported scheme \"{other}\"; use a local path, file://, s3:// or gs://"
         ))),
     }
 }

@@ -768,3 +768,62 @@ fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
         "{cols:?}"
     );
 }
+
+#[test]
+fn bigquery_loads_from_gs_uris_when_the_lake_is_on_gcs() {
+    // The emulator reads gs://BUCKET/PATH from <its data dir>/gcs/BUCKET/PATH: a lake written
+    // there is, to it, a lake on GCS, and the loads take the gs:// path (no upload).
+    let data = std::path::PathBuf::from(env_or(
+        "WEIR_TEST_BIGQUERY_DATA",
+        &repo().join(".stand-ins/bigquery").display().to_string(),
+    ));
+    let bucket = unique("lake").replace('_', "-");
+    let lake_dir = data.join("gcs").join(&bucket);
+    let p = Project::ecommerce(3_000, 1, BATCHES);
+    run(
+        weir()
+            .args(["run", "--quiet"])
+            .arg(p.job())
+            .arg("--lake")
+            .arg(&lake_dir),
+        true,
+    );
+    let dataset = unique("weir_it_gs");
+    let config: weir::job::BigQueryConfig = toml::from_str(&format!(
+        "project = \"local\"\ndataset = \"{dataset}\"\nendpoint = \"{}\"\nauth = \"none\"",
+        bq_endpoint()
+    ))
+    .unwrap();
+    let store = std::sync::Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&lake_dir).unwrap(),
+    );
+    let lake = weir::load::LakeFiles {
+        store: store.clone(),
+        root: object_store::path::Path::default(),
+        url: format!("gs://{bucket}"),
+    };
+    let dest = weir::load::bigquery::BigQuery::new(&config, "ecommerce", lake);
+    let tables = sample_tables();
+    let commits = runtime().block_on(async {
+        use weir::commit::CommitStore;
+        use weir::load::Destination;
+        let log = weir::commit::ObjectCommitStore::new(
+            store,
+            object_store::path::Path::from("_weir/ecommerce"),
+            "ecommerce",
+        );
+        let commits = log.commits().await.unwrap();
+        dest.prepare(&tables).await.unwrap();
+        for c in &commits {
+            dest.load(c).await.unwrap();
+            dest.load(c).await.unwrap(); // a retry loads nothing twice
+        }
+        commits.len()
+    });
+    assert!(commits > 1);
+    for (table, aggs) in CHECKS {
+        let want = lake_numbers(&lake_dir, table, aggs);
+        let got = numbers(bq(&format!("SELECT {aggs} FROM `local.{dataset}.{table}`")));
+        assert_close(&format!("BigQuery from gs:// {table}"), &got, &want);
+    }
+}
