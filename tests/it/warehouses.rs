@@ -313,6 +313,20 @@ fn ecommerce_loads_match_the_lake_in_postgres_bigquery_and_glue() {
     assert_warehouses_match_lake(&p, &w);
     assert_ledger_exact(&p, &w);
     assert_bigquery_jobs(&p, &w);
+    let table: serde_json::Value = runtime().block_on(async {
+        reqwest::get(format!(
+            "{}/bigquery/v2/projects/local/datasets/{}/tables/sales",
+            bq_endpoint(),
+            w.dataset
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    });
+    assert_eq!(table["timePartitioning"]["field"], "dt", "{table}");
+    assert_eq!(table["timePartitioning"]["type"], "DAY", "{table}");
 
     // Glue: tables with mapped types, partition keys and one partition per lake folder.
     let g = glue();
@@ -825,5 +839,155 @@ fn bigquery_loads_from_gs_uris_when_the_lake_is_on_gcs() {
         let want = lake_numbers(&lake_dir, table, aggs);
         let got = numbers(bq(&format!("SELECT {aggs} FROM `local.{dataset}.{table}`")));
         assert_close(&format!("BigQuery from gs:// {table}"), &got, &want);
+    }
+}
+
+#[test]
+fn bigquery_load_errors_name_the_file_and_retry_under_a_new_job_id() {
+    let p = Project::ecommerce(2_000, 1, BATCHES);
+    run(weir().args(["run", "--quiet"]).arg(p.job()), true);
+    // A `sales` table the files cannot go into (made by hand, so prepare is skipped on purpose).
+    let dataset = unique("weir_it_bad");
+    let api = format!("{}/bigquery/v2/projects/local", bq_endpoint());
+    runtime().block_on(async {
+        let http = reqwest::Client::new();
+        let r = http
+            .post(format!("{api}/datasets"))
+            .json(&serde_json::json!({"datasetReference": {"projectId": "local", "datasetId": dataset}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        let r = http
+            .post(format!("{api}/datasets/{dataset}/tables"))
+            .json(&serde_json::json!({
+                "tableReference": {"projectId": "local", "datasetId": dataset, "tableId": "sales"},
+                "schema": {"fields": [{"name": "event_id", "type": "DATE", "mode": "REQUIRED"}]},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    });
+    let config: weir::job::BigQueryConfig = toml::from_str(&format!(
+        "project = \"local\"\ndataset = \"{dataset}\"\nendpoint = \"{}\"\nauth = \"none\"",
+        bq_endpoint()
+    ))
+    .unwrap();
+    let lake_dir = p.lake();
+    let store = std::sync::Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&lake_dir).unwrap(),
+    );
+    let lake = weir::load::LakeFiles {
+        store: store.clone(),
+        root: object_store::path::Path::default(),
+        url: format!("file://{}", lake_dir.display()),
+    };
+    let dest = weir::load::bigquery::BigQuery::new(&config, "ecommerce", lake);
+    let (first, second, file) = runtime().block_on(async {
+        use weir::commit::CommitStore;
+        use weir::load::Destination;
+        let log = weir::commit::ObjectCommitStore::new(
+            store,
+            object_store::path::Path::from("_weir/ecommerce"),
+            "ecommerce",
+        );
+        let mut c = log.commits().await.unwrap().remove(0);
+        c.rows.retain(|t, _| t == "sales");
+        let file = c
+            .files
+            .iter()
+            .find(|f| f.table == "sales")
+            .unwrap()
+            .path
+            .clone();
+        let first = dest.load(&c).await.unwrap_err().to_string();
+        let second = dest.load(&c).await.unwrap_err().to_string();
+        (first, second, file)
+    });
+    for err in [&first, &second] {
+        assert!(err.contains(&file), "the error names the file: {err}");
+    }
+    // Each attempt was its own load job: the failed one is kept, the retry has the next id.
+    for id in ["", "_r1"] {
+        let job: serde_json::Value = runtime().block_on(async {
+            reqwest::get(format!("{api}/jobs/weir_{dataset}_ecommerce_sales_1_0{id}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        assert_eq!(job["status"]["state"], "DONE", "{id}: {job}");
+        assert!(!job["status"]["errorResult"].is_null(), "{id}: {job}");
+    }
+    let rows = bq(&format!("SELECT count(*) FROM `local.{dataset}.sales`"));
+    assert_eq!(rows, [["0".to_string()]], "a failed load job loads nothing");
+}
+
+#[test]
+fn a_failed_postgres_copy_rolls_the_whole_batch_back_and_the_retry_loads_it_once() {
+    let p = Project::ecommerce(2_000, 1, BATCHES);
+    run(weir().args(["run", "--quiet"]).arg(p.job()), true);
+    let schema = unique("weir_it_tx");
+    let tables = sample_tables();
+    // `funnel` exists with the right columns but a constraint every row breaks.
+    let funnel = tables.iter().find(|t| t.name == "funnel").unwrap();
+    let cols = weir::load::postgres::wire::mapped_columns(weir::load::Warehouse::Postgres, funnel)
+        .unwrap();
+    let ledger = weir::load::postgres::wire::Ledger::new(&schema);
+    let create = ledger.create_table("funnel", &cols).replacen(
+        " (\n",
+        " (\n    CONSTRAINT no_views CHECK (views < 0),\n",
+        1,
+    );
+    pg(&format!("{}; {create}", ledger.create_schema()));
+
+    let config: weir::job::PostgresConfig =
+        toml::from_str(&format!("url = \"{}\"\nschema = \"{schema}\"", pg_url())).unwrap();
+    let lake_dir = p.lake();
+    let store = std::sync::Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&lake_dir).unwrap(),
+    );
+    let lake = weir::load::LakeFiles {
+        store: store.clone(),
+        root: object_store::path::Path::default(),
+        url: format!("file://{}", lake_dir.display()),
+    };
+    let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake).unwrap();
+    let log = weir::commit::ObjectCommitStore::new(
+        store,
+        object_store::path::Path::from("_weir/ecommerce"),
+        "ecommerce",
+    );
+    use weir::commit::CommitStore;
+    use weir::load::Destination;
+    let rt = runtime();
+    let commits = rt.block_on(log.commits()).unwrap();
+    rt.block_on(dest.prepare(&tables)).unwrap();
+    let err = rt.block_on(dest.load(&commits[0])).unwrap_err().to_string();
+    assert!(
+        err.contains("no_views"),
+        "the server's reason is reported: {err}"
+    );
+    let counts = |t: &str| pg(&format!("SELECT count(*) FROM \"{schema}\".\"{t}\""))[0][0].clone();
+    assert_eq!(
+        counts("sales"),
+        "0",
+        "sales was copied in the failed transaction"
+    );
+    assert_eq!(counts("_weir_loads"), "0");
+
+    pg(&format!(
+        "ALTER TABLE \"{schema}\".funnel DROP CONSTRAINT no_views"
+    ));
+    for c in &commits {
+        rt.block_on(dest.load(c)).unwrap();
+        rt.block_on(dest.load(c)).unwrap(); // again: the ledger skips it
+    }
+    for (table, aggs) in CHECKS {
+        let want = lake_numbers(&lake_dir, table, aggs);
+        let got = numbers(pg(&format!("SELECT {aggs} FROM \"{schema}\".\"{table}\"")));
+        assert_close(&format!("PostgreSQL {table}"), &got, &want);
     }
 }
