@@ -1,5 +1,6 @@
 //! The data path of one run, top to bottom: recover -> (replay) -> read -> decode -> batch ->
-//! plan -> transform -> write -> commit. Each step is one call into its module.
+//! plan -> transform -> write -> commit, with the warehouse loads following the commits on their
+//! own tasks (`load`). Each step is one call into its module.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -83,7 +84,10 @@ pub struct RunSummary {
     pub last_batch: Option<u64>,
     /// Per destination, the last batch loaded when the run ended.
     pub loaded: BTreeMap<String, u64>,
+    /// From start to the last commit.
     pub elapsed: Duration,
+    /// Then, waiting for the warehouses to load every committed batch.
+    pub load_wait: Duration,
 }
 
 /// A job bound to its source, transforms, lake and commit log.
@@ -251,9 +255,11 @@ impl Pipeline {
                 Err(e) => panic!("reader task failed: {e}"),
             }
         }
+        self.summary.elapsed = started.elapsed();
         if !stopping {
             stopping = self.finish_loads(&mut shutdown).await?;
         }
+        self.summary.load_wait = started.elapsed() - self.summary.elapsed;
         if let Some(loads) = self.loads.take() {
             self.summary.loaded = loads
                 .progress()
@@ -266,7 +272,6 @@ impl Pipeline {
             self.compact().await?;
         }
         self.progress.finish_and_clear();
-        self.summary.elapsed = started.elapsed();
         Ok(self.summary)
     }
 

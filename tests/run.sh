@@ -9,7 +9,7 @@ export WEIR_TEST_KINESIS="http://127.0.0.1:45670"
 export WEIR_TEST_S3="http://127.0.0.1:45671"
 export WEIR_TEST_GLUE="http://127.0.0.1:45671"
 export WEIR_TEST_BIGQUERY="http://127.0.0.1:45672"
-export WEIR_TEST_BIGQUERY_DATA="$PWD/.stand-ins/bigquery"
+export WEIR_TEST_GCS_ROOT="/tmp/weir-test-gcs"
 export WEIR_TEST_POSTGRES="postgres://postgres@127.0.0.1:5432/test"
 cargo test --locked "$@"
 cargo run --locked --quiet -- test jobs/ecommerce.toml

@@ -76,10 +76,14 @@ mkdir -p "$ext"
 for f in "$bqvenv"/lib/python3.13/site-packages/duckdb_extension_*/extensions/v1.5.5/*.duckdb_extension; do
   cmp -s "$f" "$ext/$(basename "$f")" || cp "$f" "$ext/"
 done
+# gs://BUCKET/PATH is read from $gcs_root/BUCKET/PATH: a fixed path, so that whichever checkout
+# started the emulator, the tests (WEIR_TEST_GCS_ROOT in tests/run.sh) write where it reads.
+gcs_root=/tmp/weir-test-gcs
+mkdir -p "$gcs_root"
 if ! open_port 45672; then
   echo "setup: starting the BigQuery emulator on 127.0.0.1:45672" >&2
   mkdir -p "$stand/bigquery"
-  (setsid nohup "$bqvenv/bin/local-bigquery" --host 127.0.0.1 --port 45672 --grpc-port 45673 \
-     --data-dir "$stand/bigquery" >"$stand/bigquery.log" 2>&1 &)
+  (GCS_LOCAL_ROOT="$gcs_root" setsid nohup "$bqvenv/bin/local-bigquery" --host 127.0.0.1 \
+     --port 45672 --grpc-port 45673 --data-dir "$stand/bigquery" >"$stand/bigquery.log" 2>&1 &)
   wait_port 45672 bigquery
 fi

@@ -87,7 +87,11 @@ fn print_summary(job: &str, target: &str, s: &RunSummary) {
             .iter()
             .map(|(d, b)| format!("{d} batch {b}"))
             .collect();
-        println!("  loaded   {} (see `weir status`)", loaded.join(", "));
+        println!(
+            "  loaded   {} ({:.2} s after the last commit; see `weir status`)",
+            loaded.join(", "),
+            s.load_wait.as_secs_f64()
+        );
     }
     if s.batches == 0 {
         match s.last_batch {

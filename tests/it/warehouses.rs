@@ -785,14 +785,11 @@ fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
 
 #[test]
 fn bigquery_loads_from_gs_uris_when_the_lake_is_on_gcs() {
-    // The emulator reads gs://BUCKET/PATH from <its data dir>/gcs/BUCKET/PATH: a lake written
-    // there is, to it, a lake on GCS, and the loads take the gs:// path (no upload).
-    let data = std::path::PathBuf::from(env_or(
-        "WEIR_TEST_BIGQUERY_DATA",
-        &repo().join(".stand-ins/bigquery").display().to_string(),
-    ));
+    // The emulator reads gs://BUCKET/PATH from <GCS_LOCAL_ROOT>/BUCKET/PATH (tests/setup.sh): a
+    // lake written there is, to it, a lake on GCS, and the loads take the gs:// path (no upload).
+    let root = std::path::PathBuf::from(env_or("WEIR_TEST_GCS_ROOT", "/tmp/weir-test-gcs"));
     let bucket = unique("lake").replace('_', "-");
-    let lake_dir = data.join("gcs").join(&bucket);
+    let lake_dir = root.join(&bucket);
     let p = Project::ecommerce(3_000, 1, BATCHES);
     run(
         weir()
