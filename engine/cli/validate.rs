@@ -56,7 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             format!(" partitioned by {}", spec.partition_by.join(", "))
         };
         println!(
-            "  {:<9}{}{}: {}",
+            "  {:<9} {}{}: {}",
             t.name,
             t.file.display(),
             parts,

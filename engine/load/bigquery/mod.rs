@@ -129,15 +129,18 @@ impl BigQuery {
     }
 
     fn load_config(&self, table: &str, uris: Option<Vec<String>>) -> JobConfiguration {
-        let mut load = JobConfigurationLoad::default();
-        load.destination_table = Some(TableReference::new(&self.project, &self.dataset, table));
-        load.source_format = Some("PARQUET".into());
-        load.write_disposition = Some("WRITE_APPEND".into());
-        load.create_disposition = Some("CREATE_NEVER".into());
-        load.source_uris = uris;
-        let mut config = JobConfiguration::default();
-        config.load = Some(load);
-        config
+        let load = JobConfigurationLoad {
+            destination_table: Some(TableReference::new(&self.project, &self.dataset, table)),
+            source_format: Some("PARQUET".into()),
+            write_disposition: Some("WRITE_APPEND".into()),
+            create_disposition: Some("CREATE_NEVER".into()),
+            source_uris: uris,
+            ..Default::default()
+        };
+        JobConfiguration {
+            load: Some(load),
+            ..Default::default()
+        }
     }
 
     /// Loads one file exactly once; returns when its load job is done.
