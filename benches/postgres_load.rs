@@ -100,7 +100,7 @@ async fn bench(events: u64, url: &str) {
         root: lake_root.clone(),
         url: format!("file://{lake_url}"),
     };
-    let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake).unwrap();
+    let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake);
     dest.prepare(&tables).await.unwrap();
     let started = Instant::now();
     for c in &commits {
@@ -118,7 +118,6 @@ async fn bench(events: u64, url: &str) {
         url: format!("file://{lake_url}"),
     };
     weir::load::postgres::Postgres::new(&config, "ecommerce", lake)
-        .unwrap()
         .prepare(&tables)
         .await
         .unwrap();

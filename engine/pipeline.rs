@@ -487,7 +487,7 @@ async fn open_destinations(
         url: absolute_url(lake.url()),
     };
     let mut out = Vec::new();
-    for d in crate::load::destinations(job, target, &files)? {
+    for d in crate::load::destinations(job, target, &files) {
         let prepared = tokio::time::timeout(PREPARE_TIMEOUT, d.prepare(tables)).await;
         let ok = match prepared {
             Ok(Ok(())) => true,

@@ -136,11 +136,7 @@ pub trait Destination: Send + Sync {
 }
 
 /// The destinations a target configures, each connected lazily (nothing is contacted here).
-pub fn destinations(
-    job: &Job,
-    target: &Target,
-    lake: &LakeFiles,
-) -> Result<Vec<Arc<dyn Destination>>, LoadError> {
+pub fn destinations(job: &Job, target: &Target, lake: &LakeFiles) -> Vec<Arc<dyn Destination>> {
     let mut out: Vec<Arc<dyn Destination>> = Vec::new();
     if let Some(c) = &target.glue {
         out.push(Arc::new(glue::Glue::new(c, &job.name, lake.clone())));
@@ -150,14 +146,14 @@ pub fn destinations(
             c,
             &job.name,
             lake.clone(),
-        )?));
+        )));
     }
     if let Some(c) = &target.postgres {
         out.push(Arc::new(postgres::Postgres::new(
             c,
             &job.name,
             lake.clone(),
-        )?));
+        )));
     }
     if let Some(c) = &target.bigquery {
         out.push(Arc::new(bigquery::BigQuery::new(
@@ -166,7 +162,7 @@ pub fn destinations(
             lake.clone(),
         )));
     }
-    Ok(out)
+    out
 }
 
 /// The warehouses a target loads into, for type checks.

@@ -703,7 +703,7 @@ fn redshift(schema: &str) -> weir::load::redshift::Redshift {
         root: object_store::path::Path::from("events"),
         url: "s3://shop-lake/events".into(),
     };
-    weir::load::redshift::Redshift::new(&config, "ecommerce", lake).unwrap()
+    weir::load::redshift::Redshift::new(&config, "ecommerce", lake)
 }
 
 fn sample_tables() -> Vec<weir::load::OutputTable> {
@@ -951,7 +951,7 @@ fn a_failed_postgres_copy_rolls_the_whole_batch_back_and_the_retry_loads_it_once
         root: object_store::path::Path::default(),
         url: format!("file://{}", lake_dir.display()),
     };
-    let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake).unwrap();
+    let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake);
     let log = weir::commit::ObjectCommitStore::new(
         store,
         object_store::path::Path::from("_weir/ecommerce"),

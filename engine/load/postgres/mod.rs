@@ -31,18 +31,18 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    pub fn new(c: &PostgresConfig, job: &str, lake: LakeFiles) -> Result<Self, LoadError> {
+    pub fn new(c: &PostgresConfig, job: &str, lake: LakeFiles) -> Self {
         let env = c
             .password_env
             .clone()
             .unwrap_or_else(|| "PGPASSWORD".into());
         let schema = c.schema.clone().unwrap_or_else(|| "public".into());
-        Ok(Self {
-            conn: Mutex::new(Connection::new(NAME, &c.url, &env)?),
+        Self {
+            conn: Mutex::new(Connection::new(NAME, &c.url, &env)),
             ledger: Ledger::new(&schema),
             job: job.to_string(),
             lake,
-        })
+        }
     }
 }
 

@@ -281,17 +281,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(
-        destination: &'static str,
-        url: &str,
-        password_env: &str,
-    ) -> Result<Self, LoadError> {
-        Ok(Self {
+    pub fn new(destination: &'static str, url: &str, password_env: &str) -> Self {
+        Self {
             destination,
             url: url.to_string(),
             password_env: password_env.to_string(),
             client: None,
-        })
+        }
     }
 
     async fn client(&mut self) -> Result<&mut Client, LoadError> {

@@ -28,20 +28,20 @@ pub struct Redshift {
 }
 
 impl Redshift {
-    pub fn new(c: &RedshiftConfig, job: &str, lake: LakeFiles) -> Result<Self, LoadError> {
+    pub fn new(c: &RedshiftConfig, job: &str, lake: LakeFiles) -> Self {
         let env = c
             .password_env
             .clone()
             .unwrap_or_else(|| "REDSHIFT_PASSWORD".into());
         let schema = c.schema.clone().unwrap_or_else(|| "public".into());
-        Ok(Self {
-            conn: Mutex::new(Connection::new(NAME, &c.url, &env)?),
+        Self {
+            conn: Mutex::new(Connection::new(NAME, &c.url, &env)),
             ledger: Ledger::new(&schema),
             job: job.to_string(),
             lake,
             iam_role: c.iam_role.clone(),
             region: c.region.clone(),
-        })
+        }
     }
 
     pub fn ledger(&self) -> &Ledger {
