@@ -12,4 +12,6 @@ export WEIR_TEST_BIGQUERY="http://127.0.0.1:45672"
 export WEIR_TEST_GCS_ROOT="/tmp/weir-test-gcs"
 export WEIR_TEST_POSTGRES="postgres://postgres@127.0.0.1:5432/test"
 cargo test --locked "$@"
-cargo run --locked --quiet -- test jobs/ecommerce.toml
+# The golden SQL tests of the sample job, with the binary the integration tests just built
+# (`cargo run` would rebuild the dependencies without the dev-dependencies' features).
+"${CARGO_TARGET_DIR:-target}/debug/weir" test jobs/ecommerce.toml
