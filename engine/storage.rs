@@ -40,7 +40,11 @@ pub fn parse(location: &str) -> Result<(Arc<dyn ObjectStore>, Path), StorageErro
         return Ok((Arc::new(store), Path::default()));
     }
     let url = Url::parse(location).map_err(|e| invalid(e.to_string()))?;
-    match url.scheme() {
+    let store_err = |source| StorageError::Store {
+        location: location.to_string(),
+        source,
+    };
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
         "s3" | "s3a" => {
             let mut builder = AmazonS3Builder::from_env().with_url(location);
             if let Ok(endpoint) =
@@ -50,30 +54,23 @@ pub fn parse(location: &str) -> Result<(Arc<dyn ObjectStore>, Path), StorageErro
                     .with_endpoint(&endpoint)
                     .with_allow_http(endpoint.starts_with("http://"));
             }
-            let store = builder.build().map_err(|source| StorageError::Store {
-                location: location.to_string(),
-                source,
-            })?;
-            let path = Path::parse(url.path().trim_start_matches('/'))
-                .map_err(|e| invalid(e.to_string()))?;
-            Ok((Arc::new(store), path))
+            Arc::new(builder.build().map_err(store_err)?)
         }
-        "gs" => {
-            // Credentials from GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS or the
-            // metadata server, as object_store reads them.
-            let store = GoogleCloudStorageBuilder::from_env()
+        // Credentials from GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS or the metadata
+        // server, as object_store reads them.
+        "gs" => Arc::new(
+            GoogleCloudStorageBuilder::from_env()
                 .with_url(location)
                 .build()
-                .map_err(|source| StorageError::Store {
-                    location: location.to_string(),
-                    source,
-                })?;
-            let path = Path::parse(url.path().trim_start_matches('/'))
-                .map_err(|e| invalid(e.to_string()))?;
-            Ok((Arc::new(store), path))
+                .map_err(store_err)?,
+        ),
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme \"{other}\"; use a local path, file://, s3:// or gs://"
+            )));
         }
-        other => Err(invalid(format!(
-            "unsupported scheme \"{other}\"; use a local path, file://, s3:// or gs://"
-        ))),
-    }
+    };
+    let path =
+        Path::parse(url.path().trim_start_matches('/')).map_err(|e| invalid(e.to_string()))?;
+    Ok((store, path))
 }

@@ -400,6 +400,29 @@ fn ecommerce_loads_match_the_lake_in_postgres_bigquery_and_glue() {
     assert_ledger_exact(&p, &w);
 }
 
+/// Adds a file of `events` new generated events (another seed) to the project's input.
+fn add_events(p: &Project, events: u64, seed: u64) {
+    let out = p.root().join(format!("data/seed-{seed}"));
+    run(
+        weir()
+            .args(["generate", "--files", "1"])
+            .args([
+                "--events",
+                &events.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--out",
+            ])
+            .arg(&out),
+        true,
+    );
+    std::fs::rename(
+        out.join("events/part-00000.jsonl"),
+        p.root().join(format!("data/events/part-seed-{seed}.jsonl")),
+    )
+    .unwrap();
+}
+
 #[test]
 fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
     let w = Warehouses::new();
@@ -414,19 +437,7 @@ fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
     );
     assert_ne!(with_channel, sql);
     p.write("sql/ecommerce/sales.sql", &with_channel);
-    run(
-        weir()
-            .args([
-                "generate", "--events", "3000", "--files", "1", "--seed", "7", "--out",
-            ])
-            .arg(p.root().join("data/more")),
-        true,
-    );
-    std::fs::rename(
-        p.root().join("data/more/events/part-00000.jsonl"),
-        p.root().join("data/events/part-more.jsonl"),
-    )
-    .unwrap();
+    add_events(&p, 3000, 7);
     run_job(&p);
     let pg_cols = pg(&format!(
         "SELECT data_type FROM information_schema.columns WHERE table_schema = '{}' AND table_name = 'sales' AND column_name = 'channel'",
@@ -478,19 +489,7 @@ fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
             "    CAST(quantity AS DOUBLE) AS quantity,\n",
         ),
     );
-    run(
-        weir()
-            .args([
-                "generate", "--events", "500", "--files", "1", "--seed", "8", "--out",
-            ])
-            .arg(p.root().join("data/more2")),
-        true,
-    );
-    std::fs::rename(
-        p.root().join("data/more2/events/part-00000.jsonl"),
-        p.root().join("data/events/part-more2.jsonl"),
-    )
-    .unwrap();
+    add_events(&p, 500, 8);
     let out = run(&mut weir_cmd(&p, &["run", "--quiet"]), false);
     let err = stderr(&out);
     assert!(err.contains("quantity"), "{err}");

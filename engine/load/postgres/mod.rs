@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::SinkExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::Transaction;
 
 use super::types::Warehouse;
@@ -17,32 +17,29 @@ use super::{Destination, LakeFiles, LoadError, OutputTable};
 use crate::commit::CommitRecord;
 use crate::job::PostgresConfig;
 use crate::sink::WrittenFile;
-use wire::{Connection, CopyTable, Ledger, quote_ident};
+use wire::{CopyTable, WireLoader, quote_ident};
 
 const NAME: &str = "postgres";
 /// Encoded COPY data per message sent to the server.
 const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct Postgres {
-    conn: Mutex<Connection>,
-    ledger: Ledger,
-    job: String,
+    wire: WireLoader,
     lake: LakeFiles,
 }
 
 impl Postgres {
     pub fn new(c: &PostgresConfig, job: &str, lake: LakeFiles) -> Self {
-        let env = c
-            .password_env
-            .clone()
-            .unwrap_or_else(|| "PGPASSWORD".into());
-        let schema = c.schema.clone().unwrap_or_else(|| "public".into());
-        Self {
-            conn: Mutex::new(Connection::new(NAME, &c.url, &env)),
-            ledger: Ledger::new(&schema),
-            job: job.to_string(),
-            lake,
-        }
+        let env = c.password_env.as_deref().unwrap_or("PGPASSWORD");
+        let wire = WireLoader::new(
+            NAME,
+            Warehouse::Postgres,
+            &c.url,
+            env,
+            c.schema.as_deref(),
+            job,
+        );
+        Self { wire, lake }
     }
 }
 
@@ -53,19 +50,15 @@ impl Destination for Postgres {
     }
 
     async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError> {
-        let mut conn = self.conn.lock().await;
-        conn.prepare(&self.ledger, Warehouse::Postgres, tables)
-            .await
+        self.wire.prepare(tables).await
     }
 
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
-        let mut conn = self.conn.lock().await;
         let copier = BinaryCopy {
             lake: &self.lake,
-            schema: self.ledger.schema(),
+            schema: self.wire.ledger().schema(),
         };
-        conn.load_batch(&self.ledger, &self.job, batch, &copier)
-            .await
+        self.wire.load(batch, &copier).await
     }
 }
 

@@ -408,6 +408,53 @@ impl Connection {
     }
 }
 
+/// What a PostgreSQL-protocol destination (PostgreSQL, Redshift) is apart from its COPY: one
+/// connection, the ledger in its schema, the job.
+pub struct WireLoader {
+    conn: tokio::sync::Mutex<Connection>,
+    ledger: Ledger,
+    job: String,
+    warehouse: Warehouse,
+}
+
+impl WireLoader {
+    /// `password_env` and `schema` fall back to the given default variable and `public`.
+    pub fn new(
+        destination: &'static str,
+        warehouse: Warehouse,
+        url: &str,
+        password_env: &str,
+        schema: Option<&str>,
+        job: &str,
+    ) -> Self {
+        Self {
+            conn: tokio::sync::Mutex::new(Connection::new(destination, url, password_env)),
+            ledger: Ledger::new(schema.unwrap_or("public")),
+            job: job.to_string(),
+            warehouse,
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError> {
+        let mut conn = self.conn.lock().await;
+        conn.prepare(&self.ledger, self.warehouse, tables).await
+    }
+
+    pub async fn load(
+        &self,
+        batch: &CommitRecord,
+        copier: &dyn CopyTable,
+    ) -> Result<(), LoadError> {
+        let mut conn = self.conn.lock().await;
+        conn.load_batch(&self.ledger, &self.job, batch, copier)
+            .await
+    }
+}
+
 /// An output's columns with their types in `warehouse`.
 pub fn mapped_columns(
     warehouse: Warehouse,

@@ -5,10 +5,9 @@
 use async_trait::async_trait;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::json;
-use tokio::sync::Mutex;
 use tokio_postgres::Transaction;
 
-use super::postgres::wire::{Connection, CopyTable, Ledger, quote_ident, quote_literal};
+use super::postgres::wire::{CopyTable, Ledger, WireLoader, quote_ident, quote_literal};
 use super::types::Warehouse;
 use super::{Destination, LakeFiles, LoadError, OutputTable};
 use crate::commit::CommitRecord;
@@ -19,8 +18,7 @@ use crate::sink::lake::STATE;
 const NAME: &str = "redshift";
 
 pub struct Redshift {
-    conn: Mutex<Connection>,
-    ledger: Ledger,
+    wire: WireLoader,
     job: String,
     lake: LakeFiles,
     iam_role: String,
@@ -29,14 +27,17 @@ pub struct Redshift {
 
 impl Redshift {
     pub fn new(c: &RedshiftConfig, job: &str, lake: LakeFiles) -> Self {
-        let env = c
-            .password_env
-            .clone()
-            .unwrap_or_else(|| "REDSHIFT_PASSWORD".into());
-        let schema = c.schema.clone().unwrap_or_else(|| "public".into());
+        let env = c.password_env.as_deref().unwrap_or("REDSHIFT_PASSWORD");
+        let wire = WireLoader::new(
+            NAME,
+            Warehouse::Redshift,
+            &c.url,
+            env,
+            c.schema.as_deref(),
+            job,
+        );
         Self {
-            conn: Mutex::new(Connection::new(NAME, &c.url, &env)),
-            ledger: Ledger::new(&schema),
+            wire,
             job: job.to_string(),
             lake,
             iam_role: c.iam_role.clone(),
@@ -45,7 +46,7 @@ impl Redshift {
     }
 
     pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+        self.wire.ledger()
     }
 
     /// Where the manifest of one batch and table goes, relative to the lake root.
@@ -75,7 +76,7 @@ impl Redshift {
     pub fn copy_statement(&self, table: &str, manifest_url: &str) -> String {
         let mut sql = format!(
             "COPY {}.{}\nFROM {}\nIAM_ROLE {}\nFORMAT AS PARQUET\nMANIFEST",
-            quote_ident(self.ledger.schema()),
+            quote_ident(self.ledger().schema()),
             quote_ident(table),
             quote_literal(manifest_url),
             quote_literal(&self.iam_role)
@@ -88,10 +89,10 @@ impl Redshift {
 
     /// The DDL `prepare` runs on a new cluster, in order.
     pub fn create_statements(&self, tables: &[OutputTable]) -> Result<Vec<String>, LoadError> {
-        let mut out = vec![self.ledger.create_schema(), self.ledger.create()];
+        let mut out = vec![self.ledger().create_schema(), self.ledger().create()];
         for t in tables {
             let cols = super::postgres::wire::mapped_columns(Warehouse::Redshift, t)?;
-            out.push(self.ledger.create_table(&t.name, &cols));
+            out.push(self.ledger().create_table(&t.name, &cols));
         }
         Ok(out)
     }
@@ -104,19 +105,15 @@ impl Destination for Redshift {
     }
 
     async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError> {
-        let mut conn = self.conn.lock().await;
-        conn.prepare(&self.ledger, Warehouse::Redshift, tables)
-            .await
+        self.wire.prepare(tables).await
     }
 
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
-        let mut conn = self.conn.lock().await;
         let copier = ManifestCopy {
             redshift: self,
             batch: batch.batch,
         };
-        conn.load_batch(&self.ledger, &self.job, batch, &copier)
-            .await
+        self.wire.load(batch, &copier).await
     }
 }
 
