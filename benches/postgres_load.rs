@@ -91,17 +91,23 @@ async fn bench(events: u64, url: &str) {
         commits.len()
     );
 
+    // The Postgres destination into `schema`, its tables created.
+    let destination = async |schema: &str| {
+        let config: weir::job::PostgresConfig =
+            toml::from_str(&format!("url = \"{url}\"\nschema = \"{schema}\"")).unwrap();
+        let lake = LakeFiles {
+            store: store.clone(),
+            root: lake_root.clone(),
+            url: format!("file://{lake_url}"),
+        };
+        let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake);
+        dest.prepare(&tables).await.unwrap();
+        dest
+    };
+
     // Weir: binary COPY, one transaction per batch with the ledger.
     let schema = format!("weir_bench_{}", std::process::id());
-    let config: weir::job::PostgresConfig =
-        toml::from_str(&format!("url = \"{url}\"\nschema = \"{schema}\"")).unwrap();
-    let lake = LakeFiles {
-        store: store.clone(),
-        root: lake_root.clone(),
-        url: format!("file://{lake_url}"),
-    };
-    let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake);
-    dest.prepare(&tables).await.unwrap();
+    let dest = destination(&schema).await;
     let started = Instant::now();
     for c in &commits {
         dest.load(c).await.unwrap();
@@ -110,17 +116,7 @@ async fn bench(events: u64, url: &str) {
 
     // Seed: an INSERT per record, COMMIT every 500, into identical empty tables.
     let seed_schema = format!("{schema}_seed");
-    let config: weir::job::PostgresConfig =
-        toml::from_str(&format!("url = \"{url}\"\nschema = \"{seed_schema}\"")).unwrap();
-    let lake = LakeFiles {
-        store: store.clone(),
-        root: lake_root.clone(),
-        url: format!("file://{lake_url}"),
-    };
-    weir::load::postgres::Postgres::new(&config, "ecommerce", lake)
-        .prepare(&tables)
-        .await
-        .unwrap();
+    destination(&seed_schema).await;
     let mut client = wire::connect("postgres", url, "PGPASSWORD").await.unwrap();
     let started = Instant::now();
     let mut inserted = 0u64;

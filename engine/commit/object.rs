@@ -36,10 +36,12 @@ impl ObjectCommitStore {
     }
 
     /// Batch numbers present in a folder, ascending.
-    async fn batches(&self, folder: &Path) -> Result<Vec<u64>, CommitError> {
+    /// The batch ids in `folder` after `after`, ascending (listed from that offset on).
+    async fn batches(&self, folder: &Path, after: u64) -> Result<Vec<u64>, CommitError> {
+        let offset = folder.clone().join(Self::name(after));
         let mut ids: Vec<u64> = self
             .store
-            .list(Some(folder))
+            .list_with_offset(Some(folder), &offset)
             .map_ok(|m| {
                 m.location
                     .filename()
@@ -54,6 +56,7 @@ impl ObjectCommitStore {
             })?
             .into_iter()
             .flatten()
+            .filter(|&b| b > after)
             .collect();
         ids.sort_unstable();
         Ok(ids)
@@ -112,7 +115,7 @@ impl ObjectCommitStore {
 #[async_trait]
 impl CommitStore for ObjectCommitStore {
     async fn recover(&self) -> Result<Recovered, CommitError> {
-        let last = match self.batches(&self.commits).await?.last() {
+        let last = match self.batches(&self.commits, 0).await?.last() {
             Some(&b) => Some(
                 self.read::<CommitRecord>(self.commits.clone().join(Self::name(b)))
                     .await?,
@@ -120,13 +123,8 @@ impl CommitStore for ObjectCommitStore {
             None => None,
         };
         let after = last.as_ref().map_or(0, |c| c.batch);
-        let pending = match self
-            .batches(&self.plans)
-            .await?
-            .into_iter()
-            .find(|&b| b > after)
-        {
-            Some(b) => Some(
+        let pending = match self.batches(&self.plans, after).await?.first() {
+            Some(&b) => Some(
                 self.read::<BatchPlan>(self.plans.clone().join(Self::name(b)))
                     .await?,
             ),
@@ -156,27 +154,7 @@ impl CommitStore for ObjectCommitStore {
     }
 
     async fn commits_after(&self, after: u64) -> Result<Vec<CommitRecord>, CommitError> {
-        let offset = self.commits.clone().join(Self::name(after));
-        let mut ids: Vec<u64> = self
-            .store
-            .list_with_offset(Some(&self.commits), &offset)
-            .map_ok(|m| {
-                m.location
-                    .filename()
-                    .and_then(|f| f.strip_suffix(".json"))
-                    .and_then(|n| n.parse().ok())
-            })
-            .try_collect::<Vec<Option<u64>>>()
-            .await
-            .map_err(|source| CommitError::Store {
-                path: self.commits.to_string(),
-                source,
-            })?
-            .into_iter()
-            .flatten()
-            .filter(|&b| b > after)
-            .collect();
-        ids.sort_unstable();
+        let ids = self.batches(&self.commits, after).await?;
         let mut out = Vec::new();
         for b in ids {
             out.push(self.read(self.commits.clone().join(Self::name(b))).await?);

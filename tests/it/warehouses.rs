@@ -782,6 +782,23 @@ fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
     );
 }
 
+/// A local lake folder as loaders see it (under `url`), and its commit log.
+fn lake_at(dir: &Path, url: String) -> (weir::load::LakeFiles, weir::commit::ObjectCommitStore) {
+    let store =
+        std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
+    let log = weir::commit::ObjectCommitStore::new(
+        store.clone(),
+        object_store::path::Path::from("_weir/ecommerce"),
+        "ecommerce",
+    );
+    let lake = weir::load::LakeFiles {
+        store,
+        root: object_store::path::Path::default(),
+        url,
+    };
+    (lake, log)
+}
+
 #[test]
 fn bigquery_loads_from_gs_uris_when_the_lake_is_on_gcs() {
     // The emulator reads gs://BUCKET/PATH from <GCS_LOCAL_ROOT>/BUCKET/PATH (tests/setup.sh): a
@@ -804,24 +821,12 @@ fn bigquery_loads_from_gs_uris_when_the_lake_is_on_gcs() {
         bq_endpoint()
     ))
     .unwrap();
-    let store = std::sync::Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(&lake_dir).unwrap(),
-    );
-    let lake = weir::load::LakeFiles {
-        store: store.clone(),
-        root: object_store::path::Path::default(),
-        url: format!("gs://{bucket}"),
-    };
+    let (lake, log) = lake_at(&lake_dir, format!("gs://{bucket}"));
     let dest = weir::load::bigquery::BigQuery::new(&config, "ecommerce", lake);
     let tables = sample_tables();
     let commits = runtime().block_on(async {
         use weir::commit::CommitStore;
         use weir::load::Destination;
-        let log = weir::commit::ObjectCommitStore::new(
-            store,
-            object_store::path::Path::from("_weir/ecommerce"),
-            "ecommerce",
-        );
         let commits = log.commits().await.unwrap();
         dest.prepare(&tables).await.unwrap();
         for c in &commits {
@@ -871,23 +876,11 @@ fn bigquery_load_errors_name_the_file_and_retry_under_a_new_job_id() {
     ))
     .unwrap();
     let lake_dir = p.lake();
-    let store = std::sync::Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(&lake_dir).unwrap(),
-    );
-    let lake = weir::load::LakeFiles {
-        store: store.clone(),
-        root: object_store::path::Path::default(),
-        url: format!("file://{}", lake_dir.display()),
-    };
+    let (lake, log) = lake_at(&lake_dir, format!("file://{}", lake_dir.display()));
     let dest = weir::load::bigquery::BigQuery::new(&config, "ecommerce", lake);
     let (first, second, file) = runtime().block_on(async {
         use weir::commit::CommitStore;
         use weir::load::Destination;
-        let log = weir::commit::ObjectCommitStore::new(
-            store,
-            object_store::path::Path::from("_weir/ecommerce"),
-            "ecommerce",
-        );
         let mut c = log.commits().await.unwrap().remove(0);
         c.rows.retain(|t, _| t == "sales");
         let file = c
@@ -942,20 +935,8 @@ fn a_failed_postgres_copy_rolls_the_whole_batch_back_and_the_retry_loads_it_once
     let config: weir::job::PostgresConfig =
         toml::from_str(&format!("url = \"{}\"\nschema = \"{schema}\"", pg_url())).unwrap();
     let lake_dir = p.lake();
-    let store = std::sync::Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(&lake_dir).unwrap(),
-    );
-    let lake = weir::load::LakeFiles {
-        store: store.clone(),
-        root: object_store::path::Path::default(),
-        url: format!("file://{}", lake_dir.display()),
-    };
+    let (lake, log) = lake_at(&lake_dir, format!("file://{}", lake_dir.display()));
     let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake);
-    let log = weir::commit::ObjectCommitStore::new(
-        store,
-        object_store::path::Path::from("_weir/ecommerce"),
-        "ecommerce",
-    );
     use weir::commit::CommitStore;
     use weir::load::Destination;
     let rt = runtime();
