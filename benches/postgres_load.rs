@@ -74,10 +74,10 @@ async fn bench(events: u64, url: &str) {
     let summary = pipeline.run(std::future::pending()).await.unwrap();
     let rows: u64 = summary.rows.values().sum();
     let lake_url = root.join("lake").display().to_string();
-    let (store, lake_root) = weir::storage::parse(&lake_url).unwrap();
+    let lake = weir::sink::lake::Lake::open(&lake_url, &job).await.unwrap();
     let commits = ObjectCommitStore::new(
-        store.clone(),
-        lake_root.clone().join("_weir").join("ecommerce"),
+        lake.store(),
+        lake.path(&lake.layout().state()),
         "ecommerce",
     )
     .commits()
@@ -95,11 +95,7 @@ async fn bench(events: u64, url: &str) {
     let destination = async |schema: &str| {
         let config: weir::job::PostgresConfig =
             toml::from_str(&format!("url = \"{url}\"\nschema = \"{schema}\"")).unwrap();
-        let lake = LakeFiles {
-            store: store.clone(),
-            root: lake_root.clone(),
-            url: format!("file://{lake_url}"),
-        };
+        let lake = LakeFiles::new(lake.location(), lake.id());
         let dest = weir::load::postgres::Postgres::new(&config, "ecommerce", lake);
         dest.prepare(&tables).await.unwrap();
         dest

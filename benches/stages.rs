@@ -116,14 +116,25 @@ fn stages(c: &mut Criterion) {
 
     let outputs = rt.block_on(transforms.run(events.clone())).unwrap();
     let lake_dir = dir.path().join("bench-lake");
-    let lake = Lake::open(&lake_dir.display().to_string(), &job).unwrap();
+    let lake = rt
+        .block_on(Lake::open(&lake_dir.display().to_string(), &job))
+        .unwrap();
+    let schemas: Vec<_> = outputs
+        .iter()
+        .map(|o| (o.name.clone(), o.schema.clone()))
+        .collect();
+    rt.block_on(lake.prepare(&schemas)).unwrap();
+    // Each iteration is a new batch (a batch already in a table is not written again).
+    let mut batch = 0;
     g.bench_function("write", |b| {
         b.iter(|| {
+            batch += 1;
             rt.block_on(lake.write(&BatchOutput {
-                job: "bench",
-                batch: 1,
+                job: &job.name,
+                batch,
                 tables: &outputs,
                 dead_letters: &[],
+                replay: false,
             }))
             .unwrap()
         })

@@ -1,6 +1,6 @@
-//! The data path of one run, top to bottom: recover -> (replay) -> read -> decode -> batch ->
-//! plan -> transform -> write -> commit, with the warehouse loads following the commits on their
-//! own tasks (`load`). Each step is one call into its module.
+//! The data path of one run, top to bottom: lease -> recover -> (replay) -> read -> decode ->
+//! batch -> plan -> transform -> write (each table one Delta commit) -> commit, with the warehouse
+//! loads following the commits on their own tasks (`load`). Each step is one call into its module.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,12 +13,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::batch::Batch;
+use crate::commit::lease::{DEFAULT_LEASE_TTL, Lease, LeaseError};
 use crate::commit::{BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore};
 use crate::decode::{Decoded, Decoder};
 use crate::job::{BatchPolicy, Input, InputFormat, Job, JobError, SourceConfig};
 use crate::load::types::{TypeError, check_schema};
-use crate::load::{Cursors, Destination, LakeFiles, LoadError, Loads, OutputTable};
-use crate::sink::lake::{DEAD_LETTERS, Lake, STATE};
+use crate::load::{Backfill, Cursors, Destination, LakeFiles, LoadError, Loads, OutputTable};
+use crate::sink::lake::{DEAD_LETTERS, Lake};
 use crate::sink::{BatchOutput, Sink, SinkError};
 use crate::source::files::FileSource;
 use crate::source::kinesis::{KinesisSource, StartAt};
@@ -55,6 +56,8 @@ pub enum PipelineError {
     Types(#[from] TypeError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 /// Overrides from the command line.
@@ -79,6 +82,9 @@ pub struct RunSummary {
     /// Small files merged by compaction, and the files they became.
     pub compacted: u64,
     pub compacted_into: u64,
+    /// Unreferenced files deleted after the retention (vacuum), and old state entries trimmed.
+    pub vacuumed: u64,
+    pub trimmed: u64,
     pub input_bytes: u64,
     pub rows: BTreeMap<String, u64>,
     pub last_batch: Option<u64>,
@@ -97,7 +103,11 @@ pub struct Pipeline {
     source: Arc<dyn Source>,
     transforms: Transforms,
     lake: Lake,
-    commits: Arc<dyn CommitStore>,
+    commits: Arc<ObjectCommitStore>,
+    /// This run's writer lease, renewed by `keep_lease`.
+    lease: Arc<Lease>,
+    lease_task: JoinSet<LeaseError>,
+    last_vacuum: Option<Instant>,
     /// Warehouses loaded behind the commit, and whether `open` prepared each.
     destinations: Vec<(Arc<dyn Destination>, bool)>,
     tables: Vec<OutputTable>,
@@ -109,12 +119,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Checks everything a run needs (job, SQL plans, source, lake) before any data moves.
+    /// Checks everything a run needs (job, SQL plans, source, lake), takes the job's writer lease
+    /// and creates or evolves the lake's tables, before any data moves.
     pub async fn open(job: Job, opts: &RunOptions) -> Result<Self, PipelineError> {
         let target = job.target(opts.target.as_deref())?.clone();
         let transforms = Transforms::load(&job).await?;
         let lake_url = opts.lake.clone().unwrap_or(target.lake.clone());
-        let lake = Lake::open(&lake_url, &job)?;
         let policy = job.batch;
         let limits = ChunkLimits {
             records: CHUNK_RECORDS.min(policy.max_records),
@@ -142,14 +152,34 @@ impl Pipeline {
             }
         };
         let tables = OutputTable::of(&job, &transforms);
-        let state = lake.path(&format!("{STATE}/{}", job.name));
+        check_types(&target, &transforms, &tables)?;
+        // Everything checked: from here on the lake is touched (its identity, on first use).
+        let lake = Lake::open(&lake_url, &job).await?;
+        let state = lake.path(&lake.layout().state());
         let commits = Arc::new(ObjectCommitStore::new(
             lake.store(),
             state.clone(),
             &job.name,
         ));
         let cursors = Cursors::new(lake.store(), state);
-        let destinations = open_destinations(&job, &target, &lake, &transforms, &tables).await?;
+        let destinations = open_destinations(&job, &target, &lake, &tables).await?;
+        let lease = Lease::acquire(
+            lake.store(),
+            lake.path(&lake.layout().lease()),
+            &job.name,
+            DEFAULT_LEASE_TTL,
+        )
+        .await?;
+        let schemas: Vec<_> = tables
+            .iter()
+            .map(|t| (t.name.clone(), t.schema.clone()))
+            .collect();
+        if let Err(e) = lake.prepare(&schemas).await {
+            lease.release().await;
+            return Err(e.into());
+        }
+        let mut lease_task = JoinSet::new();
+        lease_task.spawn(lease.clone().keep(DEFAULT_LEASE_TTL));
         let summary = RunSummary {
             source: source.describe(),
             lake: lake.url().to_string(),
@@ -162,6 +192,9 @@ impl Pipeline {
             transforms,
             lake,
             commits,
+            lease,
+            lease_task,
+            last_vacuum: None,
             destinations,
             tables,
             cursors,
@@ -184,7 +217,20 @@ impl Pipeline {
     }
 
     /// Runs until the source is exhausted or `shutdown` resolves; the batch in hand is committed.
+    /// The writer lease is released at the end, also after an error.
     pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, PipelineError> {
+        let lease = self.lease.clone();
+        let result = self.run_leased(shutdown).await;
+        if !matches!(result, Err(PipelineError::Lease(_))) {
+            lease.release().await;
+        }
+        result
+    }
+
+    async fn run_leased(
         mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary, PipelineError> {
@@ -193,9 +239,13 @@ impl Pipeline {
         self.loads = Some(Loads::start(
             std::mem::take(&mut self.destinations),
             self.tables.clone(),
-            self.commits.clone(),
+            self.commits.clone() as Arc<dyn CommitStore>,
             self.cursors.clone(),
             self.summary.last_batch.unwrap_or(0),
+            Backfill {
+                location: self.lake.location().clone(),
+                job: self.job.name.clone(),
+            },
         ));
 
         let (raw_tx, raw_rx) = mpsc::channel::<RawChunk>(CHANNEL_CHUNKS);
@@ -238,6 +288,13 @@ impl Pipeline {
                     stopping = true;
                     break;
                 }
+                Some(lost) = self.lease_task.join_next() => {
+                    tasks.abort_all();
+                    return Err(match lost {
+                        Ok(e) => e.into(),
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    });
+                }
             }
         }
         drop(decoded);
@@ -252,7 +309,7 @@ impl Pipeline {
             match result {
                 Ok(r) => r?,
                 Err(e) if e.is_cancelled() => {}
-                Err(e) => panic!("reader task failed: {e}"),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
         self.summary.elapsed = started.elapsed();
@@ -271,13 +328,13 @@ impl Pipeline {
         if !stopping && self.policy.compact_every > 0 {
             self.compact().await?;
         }
+        self.lease_task.abort_all();
         self.progress.finish_and_clear();
         Ok(self.summary)
     }
 
     /// Loads the checkpoint and replays a planned but uncommitted batch; returns the next batch id.
     async fn recover(&mut self) -> Result<u64, PipelineError> {
-        self.lake.recover_compaction(&self.job.name).await?;
         let recovered = self.commits.recover().await?;
         if let Some(last) = &recovered.last {
             self.checkpoint = last.checkpoint.clone();
@@ -308,7 +365,9 @@ impl Pipeline {
         let range = plan.range.clone();
         let reader = tokio::spawn(async move { source.read_range(&range, tx).await });
         let batch = Batch::collect(&self.job.input, rx).await;
-        reader.await.expect("reader task panicked")?;
+        reader
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         Ok(batch)
     }
 
@@ -318,15 +377,8 @@ impl Pipeline {
             return Ok(());
         }
         let flushed = Instant::now();
-        let names: Vec<String> = self
-            .transforms
-            .transforms
-            .iter()
-            .map(|t| t.name.clone())
-            .collect();
-        if replay {
-            self.lake.discard(&self.job.name, id, &names).await?;
-        } else {
+        // A replayed batch is already planned; tables that hold it are skipped when writing.
+        if !replay {
             let plan = BatchPlan {
                 job: self.job.name.clone(),
                 batch: id,
@@ -338,6 +390,7 @@ impl Pipeline {
 
         let outputs = self.transforms.run(batch.events).await?;
 
+        self.lease.check().await?;
         let files = self
             .lake
             .write(&BatchOutput {
@@ -345,6 +398,7 @@ impl Pipeline {
                 batch: id,
                 tables: &outputs,
                 dead_letters: &batch.dead,
+                replay,
             })
             .await?;
 
@@ -365,6 +419,7 @@ impl Pipeline {
             rows: rows.clone(),
             files: files.clone(),
             committed_at: chrono::Utc::now(),
+            backfill: false,
         };
         self.commits.commit(&record).await?;
         if let Some(loads) = &self.loads {
@@ -440,9 +495,10 @@ impl Pipeline {
         }
     }
 
-    /// Merges small files of committed batches that every destination has loaded.
+    /// Merges small files of committed batches that every destination has loaded; hourly, also
+    /// vacuums the tables and trims Weir's state past the retention.
     async fn compact(&mut self) -> Result<(), PipelineError> {
-        let Some(committed) = self.compactable() else {
+        let Some(loaded) = self.compactable() else {
             return Ok(());
         };
         let mut tables: Vec<String> = self
@@ -452,26 +508,27 @@ impl Pipeline {
             .map(|t| t.name.clone())
             .collect();
         tables.push(DEAD_LETTERS.to_string());
+        let vacuumed_before = self.last_vacuum;
         let done = self
             .lake
-            .compact(&self.job.name, committed, &tables)
+            .compact(&self.job.name, loaded, &tables, &mut self.last_vacuum)
             .await?;
+        if self.last_vacuum != vacuumed_before {
+            self.summary.trimmed += self.commits.trim(loaded, self.job.retention).await?;
+        }
         self.summary.compacted += done.merged;
         self.summary.compacted_into += done.written;
+        self.summary.vacuumed += done.vacuumed;
         Ok(())
     }
 }
 
-/// Type-checks the outputs against the target's warehouses and prepares each (tables, ledger).
-/// A schema conflict stops here, before any data moves; an unreachable warehouse is only
-/// reported, and its loader prepares it once it is back.
-async fn open_destinations(
-    job: &Job,
+/// Type-checks the outputs against the target's warehouses.
+fn check_types(
     target: &crate::job::Target,
-    lake: &Lake,
     transforms: &Transforms,
     tables: &[OutputTable],
-) -> Result<Vec<(Arc<dyn Destination>, bool)>, PipelineError> {
+) -> Result<(), TypeError> {
     let warehouses = crate::load::warehouses(target);
     for (t, out) in transforms.transforms.iter().zip(tables) {
         check_schema(
@@ -481,11 +538,18 @@ async fn open_destinations(
             &out.schema,
         )?;
     }
-    let files = LakeFiles {
-        store: lake.store(),
-        root: lake.path(""),
-        url: absolute_url(lake.url()),
-    };
+    Ok(())
+}
+
+/// Prepares each destination (tables, ledger). A schema conflict stops here, before any data
+/// moves; an unreachable warehouse is only reported, and its loader prepares it once it is back.
+async fn open_destinations(
+    job: &Job,
+    target: &crate::job::Target,
+    lake: &Lake,
+    tables: &[OutputTable],
+) -> Result<Vec<(Arc<dyn Destination>, bool)>, PipelineError> {
+    let files = LakeFiles::new(lake.location(), lake.id());
     let mut out = Vec::new();
     for d in crate::load::destinations(job, target, &files) {
         let prepared = tokio::time::timeout(PREPARE_TIMEOUT, d.prepare(tables)).await;
@@ -507,17 +571,6 @@ async fn open_destinations(
         out.push((d, ok));
     }
     Ok(out)
-}
-
-/// The lake as a URL: object store URLs as they are, local folders as `file://` URLs.
-fn absolute_url(lake: &str) -> String {
-    if lake.contains("://") {
-        return lake.trim_end_matches('/').to_string();
-    }
-    let abs = std::path::absolute(lake).unwrap_or_else(|_| lake.into());
-    format!("file://{}", abs.display())
-        .trim_end_matches('/')
-        .to_string()
 }
 
 /// A file source for the job's input format (CSV headers skipped).
@@ -569,7 +622,8 @@ async fn decode_loop(
         })
         .buffered(DECODERS);
     while let Some(d) = decoded.next().await {
-        if tx.send(d.expect("decoder panicked")).await.is_err() {
+        let d = d.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        if tx.send(d).await.is_err() {
             break;
         }
     }

@@ -1,15 +1,13 @@
-//! SQL over a lake: every top-level folder (Hive-partitioned Parquet) is a table; `_weir` is not.
-
-use std::sync::Arc;
+//! SQL over a lake: every top-level folder holding a Delta table is a table, read through its
+//! current snapshot (deltalake's DataFusion provider), so a query sees whole batches only.
 
 use arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use object_store::ObjectStore;
-use url::Url;
+use datafusion::prelude::SessionContext;
 
-use crate::sink::lake::STATE;
-use crate::storage::{self, StorageError};
+use crate::sink::lake::Layout;
+use crate::sink::lake::delta;
+use crate::storage::{Location, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -17,6 +15,11 @@ pub enum QueryError {
     Storage(#[from] StorageError),
     #[error("listing the lake: {0}")]
     Store(#[from] object_store::Error),
+    #[error("reading Delta table {table}: {source}")]
+    Delta {
+        table: String,
+        source: deltalake::DeltaTableError,
+    },
     #[error("{0}")]
     Sql(DataFusionError),
     #[error("the lake {0} holds no tables yet; run a job first (weir run jobs/<job>.toml)")]
@@ -25,46 +28,36 @@ pub enum QueryError {
 
 /// A session with every table of the lake registered; returns it and the table names.
 pub async fn lake_session(lake: &str) -> Result<(SessionContext, Vec<String>), QueryError> {
-    let (store, root) = storage::parse(lake)?;
-    let listing = store.list_with_delimiter(Some(&root)).await?;
+    let location = Location::parse(lake)?;
+    let listing = location
+        .store
+        .list_with_delimiter(Some(&location.root))
+        .await?;
     let ctx = SessionContext::new();
-    let base = if lake.contains("://") && !lake.starts_with("file://") {
-        let url = Url::parse(lake).map_err(|e| StorageError::Invalid {
-            location: lake.into(),
-            message: e.to_string(),
-        })?;
-        let bucket = Url::parse(&format!(
-            "{}://{}",
-            url.scheme(),
-            url.host_str().unwrap_or_default()
-        ))
-        .expect("bucket url");
-        ctx.register_object_store(&bucket, store.clone() as Arc<dyn ObjectStore>);
-        lake.trim_end_matches('/').to_string()
-    } else {
-        std::path::absolute(lake.strip_prefix("file://").unwrap_or(lake))
-            .map_err(|e| StorageError::Invalid {
-                location: lake.into(),
-                message: e.to_string(),
-            })?
-            .display()
-            .to_string()
-    };
     let mut tables = Vec::new();
     for prefix in listing.common_prefixes {
         let Some(name) = prefix.filename().map(str::to_string) else {
             continue;
         };
-        if name == STATE {
+        if !Layout::is_table(&name) {
             continue;
         }
-        ctx.register_parquet(
-            name.as_str(),
-            format!("{base}/{name}/"),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .map_err(QueryError::Sql)?;
+        let delta_err = |source| QueryError::Delta {
+            table: name.clone(),
+            source,
+        };
+        let Some(table) = delta::open(&location, &name).await.map_err(delta_err)? else {
+            continue;
+        };
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(delta_err)?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| QueryError::Sql(e))?;
+        ctx.register_table(name.as_str(), provider)
+            .map_err(QueryError::Sql)?;
         tables.push(name);
     }
     if tables.is_empty() {

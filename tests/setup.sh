@@ -25,7 +25,7 @@ if ! cmp -s tests/requirements.txt "$venv/.requirements"; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt >&2
   cp tests/requirements.txt "$venv/.requirements"
 fi
-"$venv/bin/python" -c 'import duckdb, boto3, aws_kinesis_agg, moto' \
+"$venv/bin/python" -c 'import duckdb, boto3, aws_kinesis_agg, moto, deltalake' \
   || { echo "setup: the test venv is broken; delete $venv and run again" >&2; exit 1; }
 
 if ! cmp -s tests/stand-ins/package.json "$stand/package.json"; then
@@ -73,7 +73,8 @@ if ! cmp -s tests/requirements-bigquery.txt "$bqvenv/.requirements"; then
 fi
 ext="$HOME/.duckdb/extensions/v1.5.5/linux_amd64"
 mkdir -p "$ext"
-for f in "$bqvenv"/lib/python3.13/site-packages/duckdb_extension_*/extensions/v1.5.5/*.duckdb_extension; do
+for f in "$bqvenv"/lib/python3.13/site-packages/duckdb_extension_*/extensions/v1.5.5/*.duckdb_extension \
+         "$venv"/lib/python3*/site-packages/duckdb_extension_*/extensions/v1.5.5/*.duckdb_extension; do
   cmp -s "$f" "$ext/$(basename "$f")" || cp "$f" "$ext/"
 done
 # gs://BUCKET/PATH is read from $gcs_root/BUCKET/PATH: a fixed path, so that whichever checkout

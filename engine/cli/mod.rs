@@ -1,6 +1,7 @@
 //! The `weir` command line: clap definitions and one module per command.
 
 mod generate;
+mod migrate;
 mod produce;
 mod query;
 mod run;
@@ -17,10 +18,11 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "weir",
     version,
-    about = "Micro-batch analytics for e-commerce event streams: events -> SQL -> Parquet lake, exactly once",
+    about = "Micro-batch analytics for e-commerce event streams: events -> SQL -> Delta Lake, exactly once",
     long_about = "Weir reads events (JSON lines or CSV files, or a Kinesis stream), decodes them into \
                   Arrow micro-batches, runs the job's SQL transforms with DataFusion and writes each \
-                  output table as Parquet (zstd, Hive partitions) to a lake folder or object store. \
+                  output table as a Delta Lake table (Parquet, zstd, Hive folders) to a lake folder \
+                  or object store. \
                   Every batch is committed exactly once: kill it at any moment and run it again. \
                   Behind the commit, the same files are registered in Glue and loaded into Redshift, \
                   PostgreSQL and BigQuery, each exactly once.",
@@ -43,7 +45,7 @@ pub enum Command {
     Validate(validate::Args),
     /// Run each transform on the fixture input and compare with the golden outputs.
     Test(test::Args),
-    /// Run SQL over the lake's tables (every top-level folder is a table).
+    /// Run SQL over the lake's tables (every top-level Delta table), read at their current snapshot.
     Query(query::Args),
     /// Show a job's progress: the last committed batch, and per warehouse the last loaded batch
     /// and the backlog.
@@ -52,6 +54,9 @@ pub enum Command {
     Generate(generate::Args),
     /// Send generated e-commerce events to a Kinesis stream (load driver, test producer).
     Produce(produce::Args),
+    /// Turn a lake of plain Parquet folders (written by Weir before 0.2) into Delta tables in
+    /// place, keeping its commit log; running it again does nothing.
+    Migrate(migrate::Args),
 }
 
 /// Parses the command line, runs the command and maps errors to exit codes: 1 for a failed run,
@@ -72,6 +77,7 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Generate(a) => generate::run(a).await,
             Command::Produce(a) => produce::run(a).await,
+            Command::Migrate(a) => migrate::run(a).await,
         }
     });
     match result {

@@ -123,8 +123,14 @@ fn print_summary(job: &str, target: &str, s: &RunSummary) {
     println!("  files    {} written, {}", s.files, format_bytes(s.bytes));
     if s.compacted > 0 {
         println!(
-            "  compact  {} small files merged into {}",
+            "  compact  {} small files merged into {} (a Delta rewrite; the merged files are deleted after the retention)",
             s.compacted, s.compacted_into
+        );
+    }
+    if s.vacuumed + s.trimmed > 0 {
+        println!(
+            "  vacuum   {} files past the retention deleted, {} old state entries trimmed",
+            s.vacuumed, s.trimmed
         );
     }
     let rows: Vec<String> = s

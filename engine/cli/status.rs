@@ -8,8 +8,8 @@ use super::job_path;
 use crate::commit::{CommitStore, ObjectCommitStore};
 use crate::job::Job;
 use crate::load::Cursors;
-use crate::sink::lake::STATE;
-use crate::storage;
+use crate::sink::lake::Layout;
+use crate::storage::Location;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,8 +30,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let job = Job::load(job_path(&args.job))?;
     let target = job.target(args.target.as_deref())?;
     let lake = args.lake.clone().unwrap_or(target.lake.clone());
-    let (store, root) = storage::parse(&lake)?;
-    let state = root.join(STATE).join(job.name.as_str());
+    let location = Location::parse(&lake)?;
+    let state = location.path(&Layout::new(&job.name).state());
+    let store = location.store.clone();
     let commits = ObjectCommitStore::new(store.clone(), state.clone(), &job.name);
     let last = commits.recover().await?.last;
     let committed = last.as_ref().map_or(0, |c| c.batch);
@@ -39,7 +40,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for d in crate::load::warehouses(target) {
         let name = d.key();
-        let c = cursors.get(name).await?;
+        let c = cursors
+            .get(name)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_default();
         // Committed batches after the cursor (ids need not be contiguous).
         let backlog = commits.commits_after(c.batch).await?.len();
         rows.push((name, c, backlog));

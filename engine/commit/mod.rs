@@ -2,6 +2,7 @@
 //! is written, and its commit record is a conditional create, so two writers cannot both commit it.
 //! A planned but uncommitted batch is replayed over exactly its range on restart.
 
+pub mod lease;
 mod object;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,10 @@ pub struct CommitRecord {
     pub rows: BTreeMap<String, u64>,
     pub files: Vec<WrittenFile>,
     pub committed_at: DateTime<Utc>,
+    /// Not a batch but the tables' contents up to it, loaded once into a destination that is new
+    /// to the lake (never written to the commit log).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backfill: bool,
 }
 
 /// What a restarting run finds.

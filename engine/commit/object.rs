@@ -1,5 +1,7 @@
 //! Commit log in the lake itself: `<lake>/_weir/<job>/plans/<batch>.json` and
-//! `.../commits/<batch>.json`, written with `PutMode::Create`.
+//! `.../commits/<batch>.json`, written with `PutMode::Create`, and `latest.json`, the newest
+//! commit's batch, so that a start reads the log from there instead of listing its history.
+//! Entries older than the retention and loaded everywhere are trimmed.
 
 use std::sync::Arc;
 
@@ -18,6 +20,14 @@ pub struct ObjectCommitStore {
     job: String,
     plans: Path,
     commits: Path,
+    latest: Path,
+    manifests: Path,
+}
+
+/// The newest commit's batch (a hint: the log itself is the truth).
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Latest {
+    batch: u64,
 }
 
 impl ObjectCommitStore {
@@ -27,7 +37,64 @@ impl ObjectCommitStore {
             store,
             job: job.to_string(),
             plans: state.clone().join("plans"),
-            commits: state.join("commits"),
+            commits: state.clone().join("commits"),
+            latest: state.clone().join("latest.json"),
+            manifests: state.join("manifests"),
+        }
+    }
+
+    /// Deletes plans, commits and manifests of batches before `before` that are older than
+    /// `retention`. Lists those folders: call it rarely (the pipeline does hourly).
+    pub async fn trim(&self, before: u64, retention: std::time::Duration) -> Result<u64, CommitError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let mut deleted = 0;
+        for folder in [&self.plans, &self.commits, &self.manifests] {
+            let old: Vec<Path> = self
+                .store
+                .list(Some(folder))
+                .try_filter(|m| {
+                    let batch = m
+                        .location
+                        .filename()
+                        .and_then(|f| f.get(..20))
+                        .and_then(|b| b.parse::<u64>().ok());
+                    futures::future::ready(
+                        batch.is_some_and(|b| b < before) && m.last_modified < cutoff,
+                    )
+                })
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await
+                .map_err(|source| CommitError::Store {
+                    path: folder.to_string(),
+                    source,
+                })?;
+            for p in old {
+                match self.store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(source) => {
+                        return Err(CommitError::Store {
+                            path: p.to_string(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Where to start reading the commit log: just before the newest commit the hint names.
+    async fn start(&self) -> Result<u64, CommitError> {
+        match self.read::<Latest>(self.latest.clone()).await {
+            Ok(l) => Ok(l.batch.saturating_sub(1)),
+            Err(CommitError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            })
+            | Err(CommitError::Corrupt { .. }) => Ok(0),
+            Err(e) => Err(e),
         }
     }
 
@@ -115,7 +182,8 @@ impl ObjectCommitStore {
 #[async_trait]
 impl CommitStore for ObjectCommitStore {
     async fn recover(&self) -> Result<Recovered, CommitError> {
-        let last = match self.batches(&self.commits, 0).await?.last() {
+        let from = self.start().await?;
+        let last = match self.batches(&self.commits, from).await?.last() {
             Some(&b) => Some(
                 self.read::<CommitRecord>(self.commits.clone().join(Self::name(b)))
                     .await?,
@@ -150,7 +218,19 @@ impl CommitStore for ObjectCommitStore {
             record.batch,
             "committed",
         )
-        .await
+        .await?;
+        let body = serde_json::to_vec(&Latest {
+            batch: record.batch,
+        })
+        .expect("hint serializes");
+        self.store
+            .put(&self.latest, PutPayload::from(body))
+            .await
+            .map_err(|source| CommitError::Store {
+                path: self.latest.to_string(),
+                source,
+            })?;
+        Ok(())
     }
 
     async fn commits_after(&self, after: u64) -> Result<Vec<CommitRecord>, CommitError> {
@@ -206,6 +286,7 @@ mod tests {
             rows: Default::default(),
             files: vec![],
             committed_at: chrono::Utc::now(),
+            backfill: false,
         };
         log.commit(&record).await.unwrap();
         let err = log.commit(&record).await.unwrap_err().to_string();

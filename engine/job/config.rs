@@ -32,6 +32,9 @@ pub struct JobFile {
     pub input: InputConfig,
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Lake housekeeping: how long removed files and old state are kept.
+    #[serde(default)]
+    pub lake: LakeConfig,
     /// Dimension tables the transforms may join, by table name.
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
@@ -100,6 +103,18 @@ pub struct BatchConfig {
     pub max_bytes: Option<String>,
     pub max_age: Option<String>,
     pub compact_every: Option<u64>,
+}
+
+/// How long files a compaction removed (and Weir's plans, commits and manifests, and Delta log
+/// entries) are kept before they are deleted: readers of an older snapshot and lagging
+/// warehouses need them until then.
+pub const DEFAULT_RETENTION: &str = "7d";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// Default "7d".
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,6 +92,8 @@ pub struct Job {
     pub transforms: PathBuf,
     pub input: Input,
     pub batch: BatchPolicy,
+    /// How long removed lake files and old state are kept (`[lake] retention`).
+    pub retention: Duration,
     pub tables: Vec<DimTable>,
     pub outputs: BTreeMap<String, OutputSpec>,
     pub targets: BTreeMap<String, Target>,
@@ -184,6 +186,13 @@ impl Job {
         if batch.max_records == 0 || batch.max_bytes == 0 || batch.max_age.is_zero() {
             return Err(bad("batch", "limits must be greater than zero".into()));
         }
+        let retention = units::parse_duration(
+            raw.lake
+                .retention
+                .as_deref()
+                .unwrap_or(config::DEFAULT_RETENTION),
+        )
+        .map_err(|m| bad("lake.retention", m))?;
 
         let mut tables = Vec::new();
         for (name, t) in &raw.tables {
@@ -321,6 +330,7 @@ impl Job {
             transforms,
             input,
             batch,
+            retention,
             tables,
             outputs,
             targets,

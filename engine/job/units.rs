@@ -29,7 +29,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok((value * mult).round() as u64)
 }
 
-/// Parses "5s", "250ms", "2m", "1h" into a duration.
+/// Parses "5s", "250ms", "2m", "1h", "7d" into a duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -44,9 +44,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" | "" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "\"{text}\": unknown duration unit \"{other}\"; use ms, s, m or h"
+                "\"{text}\": unknown duration unit \"{other}\"; use ms, s, m, h or d"
             ));
         }
     };

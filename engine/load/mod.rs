@@ -97,16 +97,27 @@ impl OutputTable {
     }
 }
 
-/// The lake as loaders read it: the store, its root, and its URL (for manifests and catalogs).
+/// The lake as loaders read it: the store, its root, its URL (for manifests and catalogs) and its
+/// identity (in every ledger key and load job id, so a new lake loads again).
 #[derive(Clone)]
 pub struct LakeFiles {
     pub store: Arc<dyn ObjectStore>,
     pub root: Path,
     /// Absolute URL of the lake root, without a trailing slash (`s3://b/p`, `file:///abs`).
     pub url: String,
+    pub lake_id: String,
 }
 
 impl LakeFiles {
+    pub fn new(location: &crate::storage::Location, lake_id: &str) -> Self {
+        Self {
+            store: location.store.clone(),
+            root: location.root.clone(),
+            url: location.url.to_string(),
+            lake_id: lake_id.to_string(),
+        }
+    }
+
     pub fn path(&self, relative: &str) -> Path {
         relative
             .split('/')
@@ -206,18 +217,20 @@ impl Cursors {
         }
     }
 
-    pub async fn get(&self, destination: &str) -> Result<Cursor, object_store::Error> {
-        match self
-            .store
-            .get(&self.dir.clone().join(format!("{destination}.json")))
-            .await
-        {
+    /// The cursor of a destination; `None` when it has never loaded into this lake.
+    pub async fn get(&self, destination: &str) -> Result<Option<Cursor>, String> {
+        let path = self.dir.clone().join(format!("{destination}.json"));
+        match self.store.get(&path).await {
             Ok(r) => {
-                let bytes = r.bytes().await?;
-                Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+                let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    format!(
+                        "{path} is corrupt ({e}); write the last loaded batch into it ({{\"batch\": N}}), or delete it to load the tables' current contents again"
+                    )
+                })
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(Cursor::default()),
-            Err(e) => Err(e),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -241,13 +254,15 @@ pub struct Loads {
 }
 
 impl Loads {
-    /// Starts one task per destination; each first loads the backlog up to `committed`.
+    /// Starts one task per destination; each first loads the backlog up to `committed`. A
+    /// destination new to this lake first loads the tables' current snapshot (`backfill`).
     pub fn start(
         destinations: Vec<(Arc<dyn Destination>, bool)>,
         tables: Vec<OutputTable>,
         commits: Arc<dyn CommitStore>,
         cursors: Cursors,
         committed: u64,
+        lake: Backfill,
     ) -> Self {
         let (tx, rx) = watch::channel(committed);
         let mut tasks = JoinSet::new();
@@ -263,6 +278,8 @@ impl Loads {
                 committed: rx.clone(),
                 loaded: ltx,
                 prepared,
+                lake: lake.clone(),
+                start: committed,
             };
             tasks.spawn(async move {
                 let r = follower.run().await;
@@ -342,18 +359,21 @@ struct Follower {
     committed: watch::Receiver<u64>,
     loaded: watch::Sender<u64>,
     prepared: bool,
+    lake: Backfill,
+    /// The last batch committed when the run started.
+    start: u64,
 }
 
 impl Follower {
     async fn run(mut self) -> Result<(), LoadError> {
         let name = self.dest.name();
         let cursors = self.cursors.clone();
-        let mut at = retry(name, "read cursor", || {
+        let cursor = retry(name, "read cursor", || {
             let c = cursors.clone();
             async move { c.get(name).await.map_err(|e| LoadError::failed(name, e)) }
         })
-        .await?
-        .batch;
+        .await?;
+        let mut at = cursor.as_ref().map_or(0, |c| c.batch);
         self.loaded.send_replace(at);
         backlog(name, *self.committed.borrow(), at);
         if !self.prepared {
@@ -363,6 +383,37 @@ impl Follower {
                 async move { dest.prepare(&tables).await }
             })
             .await?;
+        }
+        if cursor.is_none() {
+            // New to this lake: what is committed already comes from the tables' snapshot (the
+            // oldest batches' files may be merged or gone), then the commits follow.
+            if self.start > 0 {
+                let (lake, tables, upto) = (self.lake.clone(), self.tables.clone(), self.start);
+                let snapshot = retry(name, "read the tables' snapshot", || {
+                    let (lake, tables) = (lake.clone(), tables.clone());
+                    async move {
+                        lake.snapshot(&tables, upto)
+                            .await
+                            .map_err(|e| LoadError::failed(name, e))
+                    }
+                })
+                .await?;
+                tracing::info!(
+                    destination = name,
+                    batch = upto,
+                    files = snapshot.files.len(),
+                    "new destination: loading the tables' current contents first"
+                );
+                let (dest, rec) = (self.dest.clone(), Arc::new(snapshot));
+                retry(name, "load the tables' snapshot", || {
+                    let (dest, rec) = (dest.clone(), rec.clone());
+                    async move { dest.load(&rec).await }
+                })
+                .await?;
+            }
+            at = self.start;
+            self.save(at).await?;
+            self.loaded.send_replace(at);
         }
         loop {
             let committed = *self.committed.borrow_and_update();
@@ -394,20 +445,7 @@ impl Follower {
                 })
                 .await?;
                 at = rec.batch;
-                let cursor = Cursor {
-                    batch: at,
-                    loaded_at: Some(chrono::Utc::now()),
-                };
-                let cursors = self.cursors.clone();
-                retry(name, "save cursor", || {
-                    let (c, cur) = (cursors.clone(), cursor.clone());
-                    async move {
-                        c.set(name, &cur)
-                            .await
-                            .map_err(|e| LoadError::failed(name, e))
-                    }
-                })
-                .await?;
+                self.save(at).await?;
                 self.loaded.send_replace(at);
                 metrics::counter!("weir_load_batches_total", "destination" => name).increment(1);
                 metrics::histogram!("weir_load_seconds", "destination" => name)
@@ -421,6 +459,82 @@ impl Follower {
                 self.loaded.send_replace(at);
             }
         }
+    }
+}
+
+impl Follower {
+    async fn save(&self, at: u64) -> Result<(), LoadError> {
+        let name = self.dest.name();
+        let cursor = Cursor {
+            batch: at,
+            loaded_at: Some(chrono::Utc::now()),
+        };
+        let cursors = self.cursors.clone();
+        retry(name, "save cursor", || {
+            let (c, cur) = (cursors.clone(), cursor.clone());
+            async move {
+                c.set(name, &cur)
+                    .await
+                    .map_err(|e| LoadError::failed(name, e))
+            }
+        })
+        .await
+    }
+}
+
+/// The lake as a backfill reads it: each output's Delta table.
+#[derive(Clone)]
+pub struct Backfill {
+    pub location: crate::storage::Location,
+    pub job: String,
+}
+
+impl Backfill {
+    /// The tables' current contents up to batch `upto`, as one record: every live file of a
+    /// batch up to `upto` (merged files only ever hold such batches: compaction waits for every
+    /// destination, this one included, while it backfills).
+    pub async fn snapshot(
+        &self,
+        tables: &[OutputTable],
+        upto: u64,
+    ) -> Result<CommitRecord, deltalake::DeltaTableError> {
+        let mut files = Vec::new();
+        let mut rows = std::collections::BTreeMap::new();
+        for t in tables {
+            let Some(table) = crate::sink::lake::delta::open(&self.location, &t.name).await? else {
+                continue;
+            };
+            let mut live = crate::sink::lake::delta::live_files(&table).await?;
+            live.sort_by(|a, b| a.path.cmp(&b.path));
+            let mut n = 0;
+            for f in live {
+                let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+                let batch = crate::sink::lake::batch_of(&self.job, name);
+                if batch.is_none_or(|b| b > upto) {
+                    continue;
+                }
+                n += f.rows.unwrap_or(0);
+                files.push(crate::sink::WrittenFile {
+                    table: t.name.clone(),
+                    path: format!("{}/{}", t.name, f.path),
+                    rows: f.rows.unwrap_or(0),
+                    bytes: f.bytes,
+                });
+            }
+            rows.insert(t.name.clone(), n);
+        }
+        Ok(CommitRecord {
+            job: self.job.clone(),
+            batch: upto,
+            range: Default::default(),
+            checkpoint: Default::default(),
+            records: 0,
+            dead_letters: 0,
+            rows,
+            files,
+            committed_at: chrono::Utc::now(),
+            backfill: true,
+        })
     }
 }
 

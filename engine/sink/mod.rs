@@ -1,5 +1,6 @@
-//! Sinks: where a batch's outputs go. The lake (Parquet through object_store) is written before a
-//! batch commits; warehouse loaders plug in behind the same seam.
+//! Sinks: where a batch's outputs go. The lake (Delta tables of Parquet files through
+//! object_store) is written, and each table committed, before Weir's commit record; warehouse
+//! loaders follow behind (`load`).
 
 pub mod lake;
 
@@ -15,6 +16,8 @@ pub struct BatchOutput<'a> {
     pub batch: u64,
     pub tables: &'a [TableOutput],
     pub dead_letters: &'a [DeadLetter],
+    /// A replay after a crash: tables may already hold the batch.
+    pub replay: bool,
 }
 
 /// A file written for a batch, as recorded in its commit.
@@ -44,12 +47,18 @@ pub enum SinkError {
         table: String,
         source: arrow::error::ArrowError,
     },
+    #[error(transparent)]
+    Delta(#[from] lake::delta::DeltaError),
+    #[error(transparent)]
+    Lease(#[from] crate::commit::lease::LeaseError),
+    #[error("lake identity {path}: {message}")]
+    Identity { path: String, message: String },
 }
 
-/// Writes a batch's outputs. Writing the same batch again must replace, never add.
+/// Writes a batch's outputs and makes them visible, each table at once. Writing a batch again
+/// (a replay) must never add it twice: tables that already hold it are skipped, and their files
+/// of that batch returned as they are.
 #[async_trait]
 pub trait Sink: Send + Sync {
     async fn write(&self, batch: &BatchOutput<'_>) -> Result<Vec<WrittenFile>, SinkError>;
-    /// Removes whatever an interrupted attempt at `batch` left, before it is replayed.
-    async fn discard(&self, job: &str, batch: u64, tables: &[String]) -> Result<(), SinkError>;
 }

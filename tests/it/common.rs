@@ -160,13 +160,40 @@ for r in rows:
     stdout(&out).lines().map(str::to_string).collect()
 }
 
-/// A DuckDB table expression over one lake table's Parquet files (partition columns read from
-/// inside the files, not the paths).
+/// A DuckDB table expression over one lake table: its Delta table's current snapshot, read by
+/// DuckDB's own Delta reader (`delta_scan`).
 pub fn lake_table(lake: &Path, table: &str) -> String {
-    format!(
-        "read_parquet('{}/{table}/**/*.parquet', hive_partitioning = false)",
-        lake.display()
-    )
+    format!("delta_scan('{}/{table}')", lake.display())
+}
+
+/// Runs a Python script in the test venv (DuckDB, deltalake, pyarrow); returns stdout lines.
+pub fn python(script: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new(python_path())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{script}\n{}",
+        stderr(&out)
+    );
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+/// The live files of a lake table (paths relative to the table), read by the `deltalake` package.
+pub fn delta_files(lake: &Path, table: &str) -> Vec<String> {
+    let dir = lake.join(table);
+    let script = "import sys, deltalake\nfor f in sorted(deltalake.DeltaTable(sys.argv[1]).file_uris()): print(f)";
+    python(script, &[&dir.display().to_string()])
+        .into_iter()
+        .map(|f| {
+            f.strip_prefix(&format!("{}/", dir.display()))
+                .unwrap_or(&f)
+                .to_string()
+        })
+        .collect()
 }
 
 /// A DuckDB table expression over the raw generated events.

@@ -33,16 +33,18 @@ fn ecommerce_outputs_match_an_independent_computation() {
     let lake = p.lake();
     let raw = raw_events(p.root());
 
-    // Layout: Hive folders; the batches' small files compacted into one per partition at the end.
-    let files: Vec<String> = std::fs::read_dir(lake.join("sales/dt=2025-06-01"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    // Layout: Delta tables in Hive folders; the batches' small files compacted into one per
+    // partition at the end (the snapshot lists only it; the merged inputs wait for vacuum).
+    let files: Vec<String> = delta_files(&lake, "sales")
+        .into_iter()
+        .filter(|f| f.starts_with("dt=2025-06-01/"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(
-        files[0].starts_with("ecommerce-c00000000") && files[0].ends_with("-000.parquet"),
+        files[0].starts_with("dt=2025-06-01/ecommerce-c00000000") && files[0].ends_with("-000.parquet"),
         "{files:?}"
     );
+    assert!(lake.join("sales/_delta_log").is_dir());
     assert!(text.contains("small files merged"), "{text}");
     let dts = duckdb(&format!(
         "SELECT DISTINCT CAST(dt AS VARCHAR) FROM {} ORDER BY 1",

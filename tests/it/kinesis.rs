@@ -371,12 +371,24 @@ fn s3_lake_on_moto() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // A second run of the same job on the same S3 lake (a rolling deploy) is refused at start.
+    let second = aws_env(&mut p.run_cmd())
+        .args(["--target", "prod"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("being written by"),
+        "{}",
+        stderr(&second)
+    );
     stop(child);
     let script = r#"
 import sys, os, boto3
 s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"])
-keys = [o["Key"] for o in s3.list_objects_v2(Bucket=sys.argv[1], Prefix="lake/")["Contents"]]
-print(sum(k.startswith("lake/_weir/ecommerce/commits/") for k in keys), sum(k.endswith(".parquet") for k in keys))
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=sys.argv[1], Prefix="lake/", MaxKeys=10000)["Contents"]]
+print(sum(k.startswith("lake/_weir/ecommerce/commits/") for k in keys), sum(k.endswith(".parquet") for k in keys),
+      sum(k.startswith("lake/all_events/_delta_log/") for k in keys))
 "#;
     let out = aws_env(&mut Command::new(python_path()))
         .args(["-c", script, &bucket])
@@ -388,8 +400,8 @@ print(sum(k.startswith("lake/_weir/ecommerce/commits/") for k in keys), sum(k.en
         .map(|n| n.parse().unwrap())
         .collect();
     assert!(
-        nums.len() == 2 && nums[0] >= 1 && nums[1] >= 1,
-        "commits, parquet files: {text} {}",
+        nums.len() == 3 && nums[0] >= 1 && nums[1] >= 1 && nums[2] >= 2,
+        "commits, parquet files, Delta log entries: {text} {}",
         stderr(&out)
     );
 }
@@ -469,6 +481,7 @@ fn two_writers_cannot_commit_the_same_batch_on_s3() {
         rows: Default::default(),
         files: vec![],
         committed_at: chrono::Utc::now(),
+        backfill: false,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

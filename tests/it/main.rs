@@ -3,6 +3,7 @@
 mod common;
 mod crash;
 mod dead_letters;
+mod delta;
 mod ecommerce;
 mod errors;
 mod kinesis;

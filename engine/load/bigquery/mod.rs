@@ -103,7 +103,7 @@ impl BigQuery {
 
     /// The load job id of one file of a batch, per attempt; the dataset is in it because job ids are
     /// unique per project.
-    pub fn job_id(&self, table: &str, batch: u64, file: usize, attempt: u32) -> String {
+    pub fn job_id(&self, table: &str, batch: &str, file: usize, attempt: u32) -> String {
         let clean = |s: &str| -> String {
             s.chars()
                 .map(|c| {
@@ -116,9 +116,10 @@ impl BigQuery {
                 .collect()
         };
         let base = format!(
-            "weir_{}_{}_{}_{batch}_{file}",
+            "weir_{}_{}_{}_{}_{batch}_{file}",
             clean(&self.dataset),
             clean(&self.job),
+            clean(&self.lake.lake_id),
             clean(table)
         );
         if attempt == 0 {
@@ -147,7 +148,7 @@ impl BigQuery {
     async fn load_file(
         &self,
         table: &str,
-        batch: u64,
+        batch: &str,
         index: usize,
         file: &WrittenFile,
     ) -> Result<(), LoadError> {
@@ -394,10 +395,15 @@ impl Destination for BigQuery {
     }
 
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
+        // A backfill's files get their own ids (`s<batch>`): they are not the batch's files.
+        let key = match batch.backfill {
+            true => format!("s{}", batch.batch),
+            false => batch.batch.to_string(),
+        };
         for table in batch.rows.keys() {
             let files = batch.files.iter().filter(|f| &f.table == table);
             for (i, file) in files.enumerate() {
-                self.load_file(table, batch.batch, i, file).await?;
+                self.load_file(table, &key, i, file).await?;
             }
         }
         Ok(())

@@ -1,15 +1,13 @@
-//! AWS Glue Data Catalog: one database, one external Parquet table per output (location under the
-//! lake, partition keys from `partition_by`), and each batch's new partitions registered with
-//! `BatchCreatePartition` ("already exists" is success, so a retry or replay is harmless).
+//! AWS Glue Data Catalog: one database, one Delta Lake table per output (`table_type = DELTA`,
+//! location the table's folder, columns and partition keys from the output), which Athena, Spark
+//! and Trino read natively through the Delta log: no partitions to register, no batch to load.
 //! Endpoint, region and credentials come from aws-config's standard chain (`AWS_ENDPOINT_URL_GLUE`).
-
-use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use aws_sdk_glue::Client;
 use aws_sdk_glue::error::DisplayErrorContext;
 use aws_sdk_glue::types::{
-    Column, DatabaseInput, PartitionInput, SerDeInfo, StorageDescriptor, TableInput,
+    Column, DatabaseInput, SerDeInfo, StorageDescriptor, TableInput,
 };
 use tokio::sync::OnceCell;
 
@@ -22,8 +20,6 @@ const NAME: &str = "glue";
 const INPUT_FORMAT: &str = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
 const OUTPUT_FORMAT: &str = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat";
 const SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
-/// Partitions per BatchCreatePartition call, the API's limit.
-const PARTITIONS_PER_CALL: usize = 100;
 
 pub struct Glue {
     database: String,
@@ -100,7 +96,9 @@ impl Glue {
         TableInput::builder()
             .name(self.table_name(&t.name))
             .table_type("EXTERNAL_TABLE")
-            .parameters("classification", "parquet")
+            .parameters("table_type", "DELTA")
+            .parameters("spark.sql.sources.provider", "delta")
+            .parameters("classification", "delta")
             .parameters("EXTERNAL", "TRUE")
             .storage_descriptor(self.storage(data, self.lake.url_of(&t.name)))
             .set_partition_keys(Some(keys))
@@ -213,62 +211,9 @@ impl Destination for Glue {
         Ok(())
     }
 
-    async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
-        let client = self.client().await;
-        let table_ok = |t: &str| batch.rows.contains_key(t);
-        // Each file's partition folder, e.g. "sales/dt=2025-06-01".
-        let mut folders: BTreeSet<(String, String)> = BTreeSet::new();
-        for f in batch.files.iter().filter(|f| table_ok(&f.table)) {
-            if let Some((folder, _)) = f.path.rsplit_once('/')
-                && folder.contains('=')
-            {
-                folders.insert((f.table.clone(), folder.to_string()));
-            }
-        }
-        let mut by_table: std::collections::BTreeMap<String, Vec<PartitionInput>> =
-            Default::default();
-        for (table, folder) in folders {
-            let values: Vec<String> = folder
-                .split('/')
-                .filter_map(|seg| seg.split_once('=').map(|(_, v)| v.to_string()))
-                .collect();
-            let sd = self.storage(Vec::new(), self.lake.url_of(&folder));
-            by_table.entry(table).or_default().push(
-                PartitionInput::builder()
-                    .set_values(Some(values))
-                    .storage_descriptor(sd)
-                    .build(),
-            );
-        }
-        for (table, parts) in by_table {
-            let name = self.table_name(&table);
-            for chunk in parts.chunks(PARTITIONS_PER_CALL) {
-                let out = client
-                    .batch_create_partition()
-                    .database_name(&self.database)
-                    .table_name(&name)
-                    .set_partition_input_list(Some(chunk.to_vec()))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        fail(format!(
-                            "registering partitions of {name}: {}",
-                            DisplayErrorContext(&e)
-                        ))
-                    })?;
-                for err in out.errors() {
-                    let detail = err.error_detail();
-                    let code = detail.and_then(|d| d.error_code()).unwrap_or_default();
-                    if code != "AlreadyExistsException" {
-                        return Err(fail(format!(
-                            "partition {:?} of {name}: {code}: {}",
-                            err.partition_values(),
-                            detail.and_then(|d| d.error_message()).unwrap_or_default()
-                        )));
-                    }
-                }
-            }
-        }
+    /// Nothing per batch: the table points at the Delta log, which readers (Athena, Spark,
+    /// Trino) follow, so every commit is visible there as soon as it is made.
+    async fn load(&self, _batch: &CommitRecord) -> Result<(), LoadError> {
         Ok(())
     }
 }

@@ -38,6 +38,7 @@ impl Postgres {
             env,
             c.schema.as_deref(),
             job,
+            &lake.lake_id,
         );
         Self { wire, lake }
     }

@@ -58,12 +58,15 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     schema: String,
+    /// The lake's identity: a key column, so a new lake for the same job loads again.
+    lake: String,
 }
 
 impl Ledger {
-    pub fn new(schema: &str) -> Self {
+    pub fn new(schema: &str, lake: &str) -> Self {
         Self {
             schema: schema.to_string(),
+            lake: lake.to_string(),
         }
     }
 
@@ -85,7 +88,15 @@ impl Ledger {
 
     pub fn create(&self) -> String {
         format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n    job VARCHAR(256) NOT NULL,\n    table_name VARCHAR(256) NOT NULL,\n    batch BIGINT NOT NULL,\n    row_count BIGINT NOT NULL,\n    file_count INTEGER NOT NULL,\n    loaded_at TIMESTAMP NOT NULL,\n    PRIMARY KEY (job, table_name, batch)\n)",
+            "CREATE TABLE IF NOT EXISTS {} (\n    lake_id VARCHAR(64) NOT NULL,\n    job VARCHAR(256) NOT NULL,\n    table_name VARCHAR(256) NOT NULL,\n    batch BIGINT NOT NULL,\n    row_count BIGINT NOT NULL,\n    file_count INTEGER NOT NULL,\n    loaded_at TIMESTAMP NOT NULL,\n    PRIMARY KEY (lake_id, job, table_name, batch)\n)",
+            self.table()
+        )
+    }
+
+    /// Adds the `lake_id` column to a ledger made before lakes had identities.
+    pub fn add_lake_column(&self) -> String {
+        format!(
+            "ALTER TABLE {} ADD COLUMN lake_id VARCHAR(64) NOT NULL DEFAULT ''",
             self.table()
         )
     }
@@ -96,8 +107,9 @@ impl Ledger {
 
     pub fn loaded(&self, job: &str, table: &str, batch: u64) -> String {
         format!(
-            "SELECT 1 FROM {} WHERE job = {} AND table_name = {} AND batch = {batch}",
+            "SELECT 1 FROM {} WHERE lake_id = {} AND job = {} AND table_name = {} AND batch = {batch}",
             self.table(),
+            quote_literal(&self.lake),
             quote_literal(job),
             quote_literal(table)
         )
@@ -113,8 +125,9 @@ impl Ledger {
         at: chrono::DateTime<chrono::Utc>,
     ) -> String {
         format!(
-            "INSERT INTO {} (job, table_name, batch, row_count, file_count, loaded_at) VALUES ({}, {}, {batch}, {rows}, {files}, TIMESTAMP '{}')",
+            "INSERT INTO {} (lake_id, job, table_name, batch, row_count, file_count, loaded_at) VALUES ({}, {}, {}, {batch}, {rows}, {files}, TIMESTAMP '{}')",
             self.table(),
+            quote_literal(&self.lake),
             quote_literal(job),
             quote_literal(table),
             at.format("%Y-%m-%d %H:%M:%S%.6f")
@@ -314,6 +327,14 @@ impl Connection {
         let r = async {
             client.batch_execute(&ledger.create_schema()).await?;
             client.batch_execute(&ledger.create()).await?;
+            let has_lake = client
+                .query(&ledger.columns(LEDGER_TABLE), &[])
+                .await?
+                .iter()
+                .any(|r| r.get::<_, String>(0) == "lake_id");
+            if !has_lake {
+                client.batch_execute(&ledger.add_lake_column()).await?;
+            }
             let mut plans = Vec::new();
             for t in tables {
                 let rows = client.query(&ledger.columns(&t.name), &[]).await?;
@@ -426,10 +447,11 @@ impl WireLoader {
         password_env: &str,
         schema: Option<&str>,
         job: &str,
+        lake_id: &str,
     ) -> Self {
         Self {
             conn: tokio::sync::Mutex::new(Connection::new(destination, url, password_env)),
-            ledger: Ledger::new(schema.unwrap_or("public")),
+            ledger: Ledger::new(schema.unwrap_or("public"), lake_id),
             job: job.to_string(),
             warehouse,
         }

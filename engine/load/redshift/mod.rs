@@ -13,7 +13,7 @@ use super::{Destination, LakeFiles, LoadError, OutputTable};
 use crate::commit::CommitRecord;
 use crate::job::RedshiftConfig;
 use crate::sink::WrittenFile;
-use crate::sink::lake::STATE;
+use crate::sink::lake::Layout;
 
 const NAME: &str = "redshift";
 
@@ -35,6 +35,7 @@ impl Redshift {
             env,
             c.schema.as_deref(),
             job,
+            &lake.lake_id,
         );
         Self {
             wire,
@@ -51,10 +52,7 @@ impl Redshift {
 
     /// Where the manifest of one batch and table goes, relative to the lake root.
     pub fn manifest_path(&self, batch: u64, table: &str) -> String {
-        format!(
-            "{STATE}/{}/manifests/{batch:020}-{table}.manifest",
-            self.job
-        )
+        Layout::new(&self.job).manifest(batch, table)
     }
 
     /// The manifest listing exactly `files` (Parquet needs each file's length).

@@ -1,153 +1,70 @@
-//! Compaction: merges a partition's small files of committed batches into files of about the
-//! target size, so that small micro-batches do not become thousands of tiny files. Crash-safe: a
-//! record in the job's state folder says which inputs are merged into which outputs, and a restart
-//! either rolls the merge back (outputs not all written) or finishes it (inputs being deleted).
-//! Readers that list folders may see a merged row twice between the write and the deletes.
+//! Compaction: merges a partition's small files of loaded batches into files of about the target
+//! size, as a Delta rewrite (`dataChange = false`): one commit removes the inputs and adds the
+//! merged file, so a reader sees every row exactly once whichever snapshot it reads. Merged files
+//! get names no other file can have (`<job>-c<last batch>-<uuid>-<n>.parquet`); an interrupted
+//! merge leaves only unreferenced files, which vacuum deletes after the retention.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde::{Deserialize, Serialize};
 
-use super::{Lake, STATE};
+use super::delta::{LiveFile, NewFile};
+use super::{Lake, in_table};
 use crate::sink::SinkError;
 
 /// A partition is compacted once it holds at least this many small files.
 const MIN_FILES: usize = 4;
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Phase {
-    /// Outputs are being written; every input still exists.
-    Writing,
-    /// Outputs are complete; inputs are being deleted.
-    Deleting,
-}
-
-/// The one compaction in flight for a job.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    table: String,
-    folder: String,
-    prefix: String,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-    phase: Phase,
-}
+/// Vacuum (which lists a table's folder) at most this often.
+const VACUUM_EVERY: Duration = Duration::from_secs(3600);
 
 /// What a compaction round did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Compacted {
     pub merged: u64,
     pub written: u64,
+    /// Files deleted by vacuum.
+    pub vacuumed: u64,
 }
 
 impl Lake {
-    fn compaction_record(&self, job: &str) -> Path {
-        self.path(&format!("{STATE}/{job}/compaction.json"))
-    }
-
-    fn store_err(&self, path: &Path) -> impl Fn(object_store::Error) -> SinkError {
-        let path = self.relative(path);
-        move |source| SinkError::Store {
-            path: path.clone(),
-            source,
-        }
-    }
-
-    /// Finishes or rolls back a compaction interrupted by a crash.
-    pub async fn recover_compaction(&self, job: &str) -> Result<(), SinkError> {
-        let at = self.compaction_record(job);
-        let record: Record = match self.store.get(&at).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(self.store_err(&at))?;
-                match serde_json::from_slice(&bytes) {
-                    Ok(rec) => rec,
-                    Err(_) => return self.delete(&at).await,
-                }
-            }
-            Err(object_store::Error::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(self.store_err(&at)(e)),
-        };
-        match record.phase {
-            Phase::Writing => {
-                tracing::info!(folder = %record.folder, "rolling back an interrupted compaction");
-                let folder = self.path(&record.folder);
-                let written = self.files_with_prefix(&folder, &record.prefix).await?;
-                for p in written {
-                    self.delete(&p).await?;
-                }
-            }
-            Phase::Deleting => {
-                tracing::info!(folder = %record.folder, "finishing an interrupted compaction");
-                for input in &record.inputs {
-                    self.delete(&self.path(input)).await?;
-                }
-            }
-        }
-        self.delete(&at).await
-    }
-
-    async fn delete(&self, path: &Path) -> Result<(), SinkError> {
-        match self.store.delete(path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.store_err(path)(e)),
-        }
-    }
-
-    async fn save(&self, job: &str, record: &Record) -> Result<(), SinkError> {
-        let at = self.compaction_record(job);
-        let body = serde_json::to_vec_pretty(record).expect("compaction record serializes");
-        self.store
-            .put(&at, PutPayload::from(body))
-            .await
-            .map_err(self.store_err(&at))?;
-        Ok(())
-    }
-
-    /// Merges small files of batches up to `committed` in every partition of `tables`.
+    /// Merges small files of batches up to `loaded` in every partition of `tables`; vacuums the
+    /// tables when the last vacuum is older than an hour (`last_vacuum`).
     pub async fn compact(
         &self,
         job: &str,
-        committed: u64,
+        loaded: u64,
         tables: &[String],
+        last_vacuum: &mut Option<Instant>,
     ) -> Result<Compacted, SinkError> {
         let mut done = Compacted::default();
         for table in tables {
             let target = self.spec(table).target_file_size;
-            let folder = self.path(table);
-            let files: Vec<ObjectMeta> = self
-                .store
-                .list(Some(&folder))
-                .try_collect()
-                .await
-                .map_err(self.store_err(&folder))?;
-            let mut by_folder: BTreeMap<String, Vec<(u64, ObjectMeta)>> = BTreeMap::new();
-            for m in files {
-                let Some(batch) = m.location.filename().and_then(|f| batch_of(job, f)) else {
+            let mut by_folder: BTreeMap<String, Vec<(u64, LiveFile)>> = BTreeMap::new();
+            for f in self.delta.live_files(table).await? {
+                let Some(batch) = batch_of(job, super::file_name(&f.path)) else {
                     continue;
                 };
-                if batch <= committed && m.size < target / 2 {
-                    let rel = self.relative(&m.location);
-                    let dir = rel
+                if batch <= loaded && f.bytes < target / 2 {
+                    let dir = f
+                        .path
                         .rsplit_once('/')
                         .map(|(d, _)| d.to_string())
                         .unwrap_or_default();
-                    by_folder.entry(dir).or_default().push((batch, m));
+                    by_folder.entry(dir).or_default().push((batch, f));
                 }
             }
             for (dir, mut small) in by_folder {
                 if small.len() < MIN_FILES {
                     continue;
                 }
-                small.sort_by(|a, b| a.1.location.cmp(&b.1.location));
+                small.sort_by(|a, b| a.1.path.cmp(&b.1.path));
                 // Merge about one target file's worth at a time: memory stays bounded.
                 let mut total = 0;
-                small.retain(|(_, m)| {
-                    total += m.size;
+                small.retain(|(_, f)| {
+                    total += f.bytes;
                     total <= target
                 });
                 if small.len() < MIN_FILES {
@@ -160,30 +77,42 @@ impl Lake {
                 }
             }
         }
+        if last_vacuum.is_none_or(|t| t.elapsed() >= VACUUM_EVERY) {
+            for table in tables {
+                done.vacuumed += self.delta.vacuum(table).await? as u64;
+            }
+            *last_vacuum = Some(Instant::now());
+        }
         Ok(done)
     }
 
-    /// Merges `inputs` of one folder; false when their schemas differ (left as they are).
+    /// Merges `inputs` of one partition folder; false when their schemas differ (left as they are).
     async fn merge(
         &self,
         job: &str,
         table: &str,
-        folder: &str,
-        inputs: &[(u64, ObjectMeta)],
+        dir: &str,
+        inputs: &[(u64, LiveFile)],
         target: u64,
     ) -> Result<bool, SinkError> {
         let mut rows: Vec<RecordBatch> = Vec::new();
-        for (_, m) in inputs {
+        for (_, f) in inputs {
+            let relative = format!("{table}/{}", f.path);
+            let at = self.path(&relative);
+            let store_err = |source| SinkError::Store {
+                path: relative.clone(),
+                source,
+            };
             let bytes = self
-                .store
-                .get(&m.location)
+                .store()
+                .get(&at)
                 .await
-                .map_err(self.store_err(&m.location))?
+                .map_err(store_err)?
                 .bytes()
                 .await
-                .map_err(self.store_err(&m.location))?;
+                .map_err(store_err)?;
             let parquet_err = |source| SinkError::Parquet {
-                path: self.relative(&m.location),
+                path: relative.clone(),
                 source,
             };
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -204,42 +133,39 @@ impl Lake {
             return Ok(false);
         }
         let last = inputs.iter().map(|(b, _)| *b).max().unwrap_or_default();
-        let mut record = Record {
-            table: table.to_string(),
-            folder: folder.to_string(),
-            prefix: format!("{job}-c{last:010}"),
-            inputs: inputs
-                .iter()
-                .map(|(_, m)| self.relative(&m.location))
-                .collect(),
-            outputs: Vec::new(),
-            phase: Phase::Writing,
-        };
-        self.save(job, &record).await?;
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("{job}-c{last:010}-{}", &unique[..12]);
+        let partition_values = inputs[0].1.remove.partition_values.clone().unwrap_or_default();
         let written = self
-            .write_files(table, folder, &record.prefix, &schema, &rows, target)
+            .write_files(table, dir, &prefix, &schema, &rows, target)
             .await?;
-        record.outputs = written.iter().map(|f| f.path.clone()).collect();
-        record.phase = Phase::Deleting;
-        self.save(job, &record).await?;
-        for input in &record.inputs {
-            self.delete(&self.path(input)).await?;
-        }
-        self.delete(&self.compaction_record(job)).await?;
-        tracing::debug!(folder, inputs = record.inputs.len(), "compacted");
+        let added: Vec<NewFile> = written
+            .iter()
+            .map(|f| NewFile {
+                path: in_table(table, &f.path),
+                partition_values: partition_values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                bytes: f.bytes,
+                rows: f.rows,
+            })
+            .collect();
+        let removed: Vec<LiveFile> = inputs.iter().map(|(_, f)| f.clone()).collect();
+        self.delta.rewrite(table, &removed, &added, target).await?;
+        tracing::debug!(table, dir, inputs = inputs.len(), "compacted");
         Ok(true)
     }
 }
 
-/// The batch a lake file belongs to: `<job>-<batch>-<n>.parquet` or, once compacted,
-/// `<job>-c<last batch>-<n>.parquet`.
-fn batch_of(job: &str, file: &str) -> Option<u64> {
+/// The batch a lake file belongs to: `<job>-<batch>-<attempt>-<n>.parquet` or, once compacted,
+/// `<job>-c<last batch>-<id>-<n>.parquet` (the last batch it holds).
+pub fn batch_of(job: &str, file: &str) -> Option<u64> {
     let rest = file
         .strip_prefix(job)?
         .strip_prefix('-')?
         .strip_suffix(".parquet")?;
-    let (batch, n) = rest.rsplit_once('-')?;
-    n.parse::<u32>().ok()?;
+    let batch = rest.split('-').next()?;
     batch.strip_prefix('c').unwrap_or(batch).parse().ok()
 }
 
@@ -249,9 +175,15 @@ mod tests {
 
     #[test]
     fn batch_numbers_from_names() {
-        assert_eq!(batch_of("shop", "shop-0000000042-000.parquet"), Some(42));
-        assert_eq!(batch_of("shop", "shop-c0000000042-001.parquet"), Some(42));
-        assert_eq!(batch_of("shop", "other-0000000042-000.parquet"), None);
-        assert_eq!(batch_of("shop", "shop-0000000042-000.json"), None);
+        assert_eq!(
+            batch_of("shop", "shop-0000000042-1a2b3c4d-000.parquet"),
+            Some(42)
+        );
+        assert_eq!(
+            batch_of("shop", "shop-c0000000042-0123456789ab-001.parquet"),
+            Some(42)
+        );
+        assert_eq!(batch_of("shop", "other-0000000042-x-000.parquet"), None);
+        assert_eq!(batch_of("shop", "shop-0000000042-x-000.json"), None);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{BinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow::array::{BinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
@@ -12,7 +12,7 @@ use crate::decode::DeadLetter;
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("job", DataType::Utf8, false),
-        Field::new("batch", DataType::UInt64, false),
+        Field::new("batch", DataType::Int64, false),
         Field::new("source", DataType::Utf8, false),
         Field::new("position", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, false),
@@ -33,7 +33,7 @@ pub fn to_batch(job: &str, batch: u64, dead: &[DeadLetter]) -> Result<RecordBatc
         schema(),
         vec![
             Arc::new(StringArray::from(vec![job; n])),
-            Arc::new(UInt64Array::from(vec![batch; n])),
+            Arc::new(Int64Array::from(vec![batch as i64; n])),
             Arc::new(StringArray::from_iter_values(
                 dead.iter().map(|d| &*d.shard),
             )),

@@ -1,8 +1,13 @@
-//! The lake: Parquet (zstd) files through object_store, one folder per table, Hive partitions,
-//! file names derived from (job, batch, file number) so a replayed batch overwrites its own files.
+//! The lake: one Delta table per output (and `_dead_letters`), each a folder of Parquet (zstd)
+//! files in Hive partition folders with the partition columns kept inside the files. A batch's
+//! files are written under names no other attempt can take, then made visible in one Delta commit
+//! per table that carries the batch as the job's transaction (`delta.rs`).
 
 mod compact;
 pub mod dead_letters;
+pub mod delta;
+pub mod layout;
+mod migrate;
 pub mod partition;
 
 use std::collections::BTreeMap;
@@ -11,94 +16,124 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use futures::TryStreamExt;
-use object_store::ObjectStore;
-use object_store::ObjectStoreExt;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
 
-pub use compact::Compacted;
+pub use compact::{Compacted, batch_of};
+pub use migrate::Migrated;
+pub use layout::{DEAD_LETTERS, Layout, STATE};
 
 use super::{BatchOutput, Sink, SinkError, WrittenFile};
 use crate::job::{Job, OutputSpec};
-use crate::storage::{self, StorageError};
+use crate::storage::{Location, StorageError};
+use delta::{DeltaLake, NewFile};
 
-/// Folder of the dead-letter table.
-pub const DEAD_LETTERS: &str = "_dead_letters";
-/// Folder of Weir's own state (batch logs and commits), beside the tables.
-pub const STATE: &str = "_weir";
 /// zstd level of every Parquet file.
 const ZSTD_LEVEL: i32 = 3;
 
+/// A lake's identity, created with the lake: ledgers and load job ids include it, so a new lake
+/// loads again and an old one never loads twice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    id: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A lake root and the per-table output settings of one job.
 pub struct Lake {
-    store: Arc<dyn ObjectStore>,
-    root: Path,
-    url: String,
+    location: Location,
+    layout: Layout,
+    id: String,
+    delta: DeltaLake,
+    /// Distinguishes this process's files from an earlier attempt's at the same batch.
+    attempt: String,
     outputs: BTreeMap<String, OutputSpec>,
     default_output: OutputSpec,
 }
 
 impl Lake {
-    pub fn open(url: &str, job: &Job) -> Result<Self, StorageError> {
-        let (store, root) = storage::parse(url)?;
+    /// Opens the lake (creating its identity if new); nothing else is written.
+    pub async fn open(url: &str, job: &Job) -> Result<Self, SinkError> {
+        let location = Location::parse(url).map_err(|e| match e {
+            StorageError::Invalid { location, message } => SinkError::Identity {
+                path: location,
+                message,
+            },
+            StorageError::Store { location, source } => SinkError::Store {
+                path: location,
+                source,
+            },
+        })?;
+        let id = identity(&location).await?;
+        let app_id = format!("weir-{}-{id}", job.name);
         Ok(Self {
-            store,
-            root,
-            url: url.to_string(),
+            delta: DeltaLake::new(location.clone(), app_id, job.retention),
+            location,
+            layout: Layout::new(&job.name),
+            id,
+            attempt: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
             outputs: job.outputs.clone(),
             default_output: job.output(""),
         })
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        self.location.url.as_str()
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The lake's identity (a UUID made when the lake was created).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn delta(&self) -> &DeltaLake {
+        &self.delta
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {
-        self.store.clone()
+        self.location.store.clone()
     }
 
     /// A path under the lake root.
     pub fn path(&self, relative: &str) -> Path {
-        relative
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .fold(self.root.clone(), |p, part| p.join(part))
+        self.location.path(relative)
     }
 
     fn relative(&self, path: &Path) -> String {
-        let full = path.as_ref();
-        full.strip_prefix(self.root.as_ref())
-            .unwrap_or(full)
-            .trim_start_matches('/')
-            .to_string()
-    }
-
-    /// Files under `folder` (at any depth) whose name starts with `prefix`.
-    async fn files_with_prefix(&self, folder: &Path, prefix: &str) -> Result<Vec<Path>, SinkError> {
-        self.store
-            .list(Some(folder))
-            .try_filter(|m| {
-                let hit = m.location.filename().is_some_and(|f| f.starts_with(prefix));
-                futures::future::ready(hit)
-            })
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(|source| SinkError::Store {
-                path: self.relative(folder),
-                source,
-            })
+        self.location.relative(path)
     }
 
     fn spec(&self, table: &str) -> &OutputSpec {
         self.outputs.get(table).unwrap_or(&self.default_output)
     }
 
-    /// Writes one table's rows of a batch, split by partition and rolled at the target size.
+    /// Creates each output's Delta table (and `_dead_letters`) if missing, or evolves it: a new
+    /// column is added; a changed or dropped one stops the run before any data moves.
+    pub async fn prepare(&self, tables: &[(String, SchemaRef)]) -> Result<(), SinkError> {
+        for (name, schema) in tables {
+            let spec = self.spec(name).clone();
+            self.delta.ensure(name, schema, &spec.partition_by).await?;
+        }
+        self.delta
+            .ensure(DEAD_LETTERS, &dead_letters::schema(), &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Writes one table's rows of a batch, split by partition and rolled at the target size, and
+    /// commits them to its Delta table; a table that already holds the batch is not written again.
     async fn write_table(
         &self,
         job: &str,
@@ -106,51 +141,93 @@ impl Lake {
         table: &str,
         schema: &SchemaRef,
         batches: &[RecordBatch],
+        replay: bool,
     ) -> Result<Vec<WrittenFile>, SinkError> {
+        // Only a replay can meet a table that holds the batch (a racing writer is fenced by the
+        // commit's conflict check instead); reading the `txn` costs a log read, so only then.
+        if replay && self.delta.committed_batch(table).await?.unwrap_or(0) >= batch {
+            tracing::info!(
+                table,
+                batch,
+                "the Delta table already holds this batch; not written again"
+            );
+            return self.files_of_batch(job, batch, table).await;
+        }
         let spec = self.spec(table);
+        let arrow_err = |source| SinkError::Arrow {
+            table: table.to_string(),
+            source,
+        };
         let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
         for b in batches.iter().filter(|b| b.num_rows() > 0) {
-            let split =
-                partition::split(b, &spec.partition_by).map_err(|source| SinkError::Arrow {
-                    table: table.to_string(),
-                    source,
-                })?;
-            for (k, v) in split {
+            for (k, v) in partition::split(b, &spec.partition_by).map_err(arrow_err)? {
                 parts.entry(k).or_default().push(v);
             }
         }
-        let mut files = Vec::new();
-        for (dir, rows) in parts {
-            let folder = if dir.is_empty() {
-                table.to_string()
-            } else {
-                format!("{table}/{dir}")
-            };
-            files.extend(
-                self.write_files(
-                    table,
-                    &folder,
-                    &batch_prefix(job, batch),
-                    schema,
-                    &rows,
-                    spec.target_file_size,
-                )
-                .await?,
-            );
+        if parts.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut files = Vec::new();
+        let mut added = Vec::new();
+        let prefix = format!("{}-{}", batch_prefix(job, batch), self.attempt);
+        for (dir, rows) in parts {
+            let values = partition::delta_values(&rows[0], &spec.partition_by).map_err(arrow_err)?;
+            let written = self
+                .write_files(table, &dir, &prefix, schema, &rows, spec.target_file_size)
+                .await?;
+            for f in &written {
+                added.push(NewFile {
+                    path: in_table(table, &f.path),
+                    partition_values: values.clone(),
+                    bytes: f.bytes,
+                    rows: f.rows,
+                });
+            }
+            files.extend(written);
+        }
+        self.delta.commit_batch(table, batch, &added).await?;
         Ok(files)
     }
 
-    /// Writes `rows` into `folder` as `<prefix>-<n>.parquet`, a new file past `target` bytes.
+    /// The live files of `batch` in `table` (from an earlier attempt that committed it).
+    async fn files_of_batch(
+        &self,
+        job: &str,
+        batch: u64,
+        table: &str,
+    ) -> Result<Vec<WrittenFile>, SinkError> {
+        let prefix = format!("{}-", batch_prefix(job, batch));
+        Ok(self
+            .delta
+            .live_files(table)
+            .await?
+            .into_iter()
+            .filter(|f| file_name(&f.path).starts_with(&prefix))
+            .map(|f| WrittenFile {
+                table: table.to_string(),
+                path: format!("{table}/{}", f.path),
+                rows: f.rows.unwrap_or(0),
+                bytes: f.bytes,
+            })
+            .collect())
+    }
+
+    /// Writes `rows` into `<table>/<dir>` as `<prefix>-<n>.parquet`, a new file past `target`
+    /// bytes. Returns paths relative to the lake root.
     async fn write_files(
         &self,
         table: &str,
-        folder: &str,
+        dir: &str,
         prefix: &str,
         schema: &SchemaRef,
         rows: &[RecordBatch],
         target: u64,
     ) -> Result<Vec<WrittenFile>, SinkError> {
+        let folder = if dir.is_empty() {
+            table.to_string()
+        } else {
+            format!("{table}/{dir}")
+        };
         let mut files = Vec::new();
         let mut rest = rows.iter().peekable();
         while rest.peek().is_some() {
@@ -160,7 +237,7 @@ impl Lake {
                 path: relative.clone(),
                 source,
             };
-            let object = object_store::buffered::BufWriter::new(self.store.clone(), path.clone());
+            let object = object_store::buffered::BufWriter::new(self.store(), path.clone());
             let mut writer =
                 AsyncArrowWriter::try_new(object, schema.clone(), Some(writer_properties()))
                     .map_err(err)?;
@@ -173,7 +250,7 @@ impl Lake {
             }
             writer.close().await.map_err(err)?;
             let bytes = self
-                .store
+                .store()
                 .head(&path)
                 .await
                 .map_err(|source| SinkError::Store {
@@ -192,8 +269,64 @@ impl Lake {
     }
 }
 
-/// The start of every file name of `batch` (`<job>-<batch>`, then `-<n>.parquet`): the same on
-/// every replay.
+/// Reads the lake's identity, creating it (conditionally: one id per lake) when the lake is new.
+async fn identity(location: &Location) -> Result<String, SinkError> {
+    let path = location.path(&Layout::lake_id());
+    let err = |message: String| SinkError::Identity {
+        path: location.url_of(&Layout::lake_id()),
+        message,
+    };
+    for _ in 0..2 {
+        match location.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| err(e.to_string()))?;
+                let id: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+                    err(format!(
+                        "{e}; the file is corrupt: restore it from a backup (deleting it makes the warehouses load every batch again)"
+                    ))
+                })?;
+                return Ok(id.id);
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                let id = Identity {
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    created_at: chrono::Utc::now(),
+                };
+                let body = serde_json::to_vec_pretty(&id).expect("identity serializes");
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match location
+                    .store
+                    .put_opts(&path, PutPayload::from(body), opts)
+                    .await
+                {
+                    Ok(_) => return Ok(id.id),
+                    Err(object_store::Error::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(err(e.to_string())),
+                }
+            }
+            Err(e) => return Err(err(e.to_string())),
+        }
+    }
+    Err(err("created and removed concurrently".into()))
+}
+
+/// A path relative to the lake root, made relative to its table's folder.
+fn in_table(table: &str, relative: &str) -> String {
+    relative
+        .strip_prefix(table)
+        .map(|r| r.trim_start_matches('/'))
+        .unwrap_or(relative)
+        .to_string()
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The start of every file name of `batch` (`<job>-<batch>`, then `-<attempt>-<n>.parquet`).
 pub fn batch_prefix(job: &str, batch: u64) -> String {
     format!("{job}-{batch:010}")
 }
@@ -214,8 +347,15 @@ impl Sink for Lake {
         let mut files = Vec::new();
         for t in out.tables {
             files.extend(
-                self.write_table(out.job, out.batch, &t.name, &t.schema, &t.batches)
-                    .await?,
+                self.write_table(
+                    out.job,
+                    out.batch,
+                    &t.name,
+                    &t.schema,
+                    &t.batches,
+                    out.replay,
+                )
+                .await?,
             );
         }
         if !out.dead_letters.is_empty() {
@@ -227,54 +367,45 @@ impl Sink for Lake {
                     }
                 })?;
             files.extend(
-                self.write_table(out.job, out.batch, DEAD_LETTERS, &batch.schema(), &[batch])
-                    .await?,
+                self.write_table(
+                    out.job,
+                    out.batch,
+                    DEAD_LETTERS,
+                    &batch.schema(),
+                    &[batch],
+                    out.replay,
+                )
+                .await?,
             );
         }
         Ok(files)
-    }
-
-    async fn discard(&self, job: &str, batch: u64, tables: &[String]) -> Result<(), SinkError> {
-        let prefix = format!("{}-", batch_prefix(job, batch));
-        for table in tables.iter().map(String::as_str).chain([DEAD_LETTERS]) {
-            let folder = self.path(table);
-            let stale = self.files_with_prefix(&folder, &prefix).await?;
-            for path in stale {
-                tracing::info!(path = %self.relative(&path), "removing file of an interrupted batch");
-                self.store
-                    .delete(&path)
-                    .await
-                    .map_err(|source| SinkError::Store {
-                        path: self.relative(&path),
-                        source,
-                    })?;
-            }
-        }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::Job;
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
 
+    fn job(dir: &std::path::Path) -> Job {
+        std::fs::create_dir_all(dir.join("jobs")).unwrap();
+        std::fs::create_dir_all(dir.join("sql/j")).unwrap();
+        std::fs::write(dir.join("sql/j/t.sql"), "select 1 as v").unwrap();
+        let text = "name = \"j\"\ntransforms = \"sql/j\"\n[input]\nformat = \"json\"\n[input.schema]\nv = \"bigint\"\n[outputs.t]\ntarget_file_size = \"1B\"\n[targets.local]\nsource = { kind = \"files\", path = \"data\" }\nlake = \"lake\"\n";
+        Job::parse(&dir.join("jobs/j.toml"), text).unwrap()
+    }
+
     #[tokio::test]
-    async fn rolls_over_at_the_target_size_and_replays_to_the_same_names() {
+    async fn rolls_over_at_the_target_size_and_a_replay_commits_nothing_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, root) = storage::parse(&dir.path().display().to_string()).unwrap();
-        let lake = Lake {
-            store,
-            root,
-            url: String::new(),
-            outputs: BTreeMap::new(),
-            default_output: OutputSpec {
-                partition_by: vec![],
-                target_file_size: 1,
-            },
-        };
+        let job = job(dir.path());
+        let lake = Lake::open(&dir.path().join("lake").display().to_string(), &job)
+            .await
+            .unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        lake.prepare(&[("t".into(), schema.clone())]).await.unwrap();
         let batches: Vec<RecordBatch> = (0..3)
             .map(|i| {
                 RecordBatch::try_new(
@@ -285,20 +416,30 @@ mod tests {
             })
             .collect();
         let files = lake
-            .write_table("j", 7, "t", &schema, &batches)
+            .write_table("j", 7, "t", &schema, &batches, false)
             .await
             .unwrap();
-        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "t/j-0000000007-000.parquet",
-                "t/j-0000000007-001.parquet",
-                "t/j-0000000007-002.parquet"
-            ]
-        );
+        assert_eq!(files.len(), 3);
         assert!(files.iter().all(|f| f.rows == 10 && f.bytes > 0));
-        lake.discard("j", 7, &["t".into()]).await.unwrap();
-        assert!(!dir.path().join("t/j-0000000007-000.parquet").exists());
+        assert!(
+            files
+                .iter()
+                .all(|f| f.path.starts_with("t/j-0000000007-") && f.path.ends_with(".parquet"))
+        );
+        assert_eq!(lake.delta.committed_batch("t").await.unwrap(), Some(7));
+        // A replay (a new attempt) finds the batch committed and returns the same files.
+        let again = Lake::open(&dir.path().join("lake").display().to_string(), &job)
+            .await
+            .unwrap();
+        assert_eq!(again.id(), lake.id(), "the lake keeps its identity");
+        let mut replayed = again
+            .write_table("j", 7, "t", &schema, &batches, true)
+            .await
+            .unwrap();
+        let mut first = files.clone();
+        first.sort_by(|a, b| a.path.cmp(&b.path));
+        replayed.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(replayed, first);
+        assert_eq!(again.delta.live_files("t").await.unwrap().len(), 3);
     }
 }

@@ -60,6 +60,31 @@ pub fn split(
         .collect()
 }
 
+/// The Delta partition values of a batch holding one partition (its first row's values), in the
+/// Delta protocol's text form: dates `2025-06-01`, timestamps `2025-06-01 10:00:00.000000`.
+pub fn delta_values(
+    batch: &RecordBatch,
+    columns: &[String],
+) -> Result<Vec<(String, Option<String>)>, ArrowError> {
+    const TS: &str = "%Y-%m-%d %H:%M:%S%.6f";
+    let options = FormatOptions::default()
+        .with_timestamp_format(Some(TS))
+        .with_timestamp_tz_format(Some(TS));
+    columns
+        .iter()
+        .map(|c| {
+            let a = batch
+                .column_by_name(c)
+                .ok_or_else(|| ArrowError::SchemaError(format!("no partition column {c}")))?;
+            if batch.num_rows() == 0 || a.is_null(0) {
+                return Ok((c.clone(), None));
+            }
+            let f = ArrayFormatter::try_new(a.as_ref(), &options)?;
+            Ok((c.clone(), Some(f.value(0).to_string())))
+        })
+        .collect()
+}
+
 /// Escapes a partition value as Hive does (`%XX` for characters unsafe in paths).
 pub fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
