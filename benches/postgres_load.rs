@@ -75,14 +75,11 @@ async fn bench(events: u64, url: &str) {
     let rows: u64 = summary.rows.values().sum();
     let lake_url = root.join("lake").display().to_string();
     let lake = weir::sink::lake::Lake::open(&lake_url, &job).await.unwrap();
-    let commits = ObjectCommitStore::new(
-        lake.store(),
-        lake.path(&lake.layout().state()),
-        "ecommerce",
-    )
-    .commits()
-    .await
-    .unwrap();
+    let commits =
+        ObjectCommitStore::new(lake.store(), lake.path(&lake.layout().state()), "ecommerce")
+            .commits()
+            .await
+            .unwrap();
     let transforms = weir::transform::Transforms::load(&job).await.unwrap();
     let tables = OutputTable::of(&job, &transforms);
     println!(

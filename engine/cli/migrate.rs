@@ -36,7 +36,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         DEFAULT_LEASE_TTL,
     )
     .await?;
-    let commits = ObjectCommitStore::new(lake.store(), lake.path(&lake.layout().state()), &job.name);
+    let commits =
+        ObjectCommitStore::new(lake.store(), lake.path(&lake.layout().state()), &job.name);
     let committed = commits.recover().await?.last.map_or(0, |c| c.batch);
     let mut tables: Vec<_> = transforms
         .transforms

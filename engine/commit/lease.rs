@@ -75,9 +75,7 @@ impl Lease {
             let age = now - held.heartbeat_at;
             // A holder on this machine whose process is gone (kill -9) needs no waiting.
             let dead = held.host == host() && held.pid != 0 && !process_alive(held.pid);
-            if !held.released
-                && !dead
-                && age < chrono::Duration::from_std(ttl).unwrap_or_default()
+            if !held.released && !dead && age < chrono::Duration::from_std(ttl).unwrap_or_default()
             {
                 return Err(LeaseError::Held {
                     job: job.to_string(),
@@ -295,7 +293,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("being written by") && err.contains("pid"), "{err}");
+        assert!(
+            err.contains("being written by") && err.contains("pid"),
+            "{err}"
+        );
         first.heartbeat().await.unwrap();
         first.release().await;
         let second = Lease::acquire(store.clone(), at.clone(), "j", ttl)
@@ -304,7 +305,9 @@ mod tests {
         assert!(matches!(first.check().await, Err(LeaseError::Lost { .. })));
         second.check().await.unwrap();
         // An expired lease (ttl 0) is taken over.
-        let third = Lease::acquire(store, at, "j", Duration::ZERO).await.unwrap();
+        let third = Lease::acquire(store, at, "j", Duration::ZERO)
+            .await
+            .unwrap();
         assert!(second.check().await.is_err());
         third.check().await.unwrap();
     }

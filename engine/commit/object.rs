@@ -45,7 +45,11 @@ impl ObjectCommitStore {
 
     /// Deletes plans, commits and manifests of batches before `before` that are older than
     /// `retention`. Lists those folders: call it rarely (the pipeline does hourly).
-    pub async fn trim(&self, before: u64, retention: std::time::Duration) -> Result<u64, CommitError> {
+    pub async fn trim(
+        &self,
+        before: u64,
+        retention: std::time::Duration,
+    ) -> Result<u64, CommitError> {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let mut deleted = 0;

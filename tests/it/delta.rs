@@ -28,7 +28,11 @@ fn assert_exact(p: &Project) {
         "SELECT count(*), count(DISTINCT event_id) FROM {}",
         lake_table(&lake, "all_events")
     ));
-    assert_eq!(counts, [format!("{EVENTS},{EVENTS}")], "rows, distinct rows");
+    assert_eq!(
+        counts,
+        [format!("{EVENTS},{EVENTS}")],
+        "rows, distinct rows"
+    );
     let diff = duckdb(&format!(
         "SELECT count(*) FROM ((SELECT event_id FROM {raw} EXCEPT SELECT event_id FROM {all})
            UNION ALL (SELECT event_id FROM {all} EXCEPT SELECT event_id FROM {raw}))",
@@ -85,9 +89,8 @@ os._exit(0)
 
 #[test]
 fn readers_see_whole_batches_only_while_runs_are_killed() {
-    let p = project(
-        "max_records = 400\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 3",
-    );
+    let p =
+        project("max_records = 400\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 3");
     let stop = p.root().join("stop-reader");
     let reader = Command::new(python_path())
         .arg("-c")
@@ -151,7 +154,10 @@ fn readers_see_whole_batches_only_while_runs_are_killed() {
         );
         snapshots += 1;
     }
-    assert!(snapshots > 5, "the reader saw only {snapshots} snapshots: {text}");
+    assert!(
+        snapshots > 5,
+        "the reader saw only {snapshots} snapshots: {text}"
+    );
     assert_exact(&p);
 }
 
@@ -190,10 +196,11 @@ fn a_second_run_on_the_same_job_and_lake_is_refused_and_nothing_is_lost() {
 
 #[test]
 fn compaction_after_the_target_size_is_raised_and_on_idle_partitions_loses_and_doubles_nothing() {
-    let p = project("max_records = 250\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 4");
+    let p =
+        project("max_records = 250\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 4");
     let job = std::fs::read_to_string(p.job()).unwrap();
     let small = format!(
-        "{job}\n[outputs.all_events]\npartition_by = [\"dt\"]\ntarget_file_size = \"24KiB\"\n"
+        "{job}\n[outputs.all_events]\npartition_by = [\"dt\"]\ntarget_file_size = \"64KiB\"\n"
     );
     std::fs::write(p.job(), &small).unwrap();
     // First the two oldest files, merged into small files...
@@ -212,7 +219,7 @@ fn compaction_after_the_target_size_is_raised_and_on_idle_partitions_loses_and_d
     );
     // ...then a larger target: the merged files are small again and merged once more, while the
     // old days' partitions receive no new rows.
-    std::fs::write(p.job(), small.replace("24KiB", "8MiB")).unwrap();
+    std::fs::write(p.job(), small.replace("64KiB", "8MiB")).unwrap();
     let out = stdout(&run(&mut p.run_cmd(), true));
     assert!(out.contains("small files merged"), "{out}");
     let after = delta_files(&p.lake(), "all_events");
@@ -225,7 +232,8 @@ fn compaction_after_the_target_size_is_raised_and_on_idle_partitions_loses_and_d
 fn migrate_turns_a_parquet_lake_into_delta_tables_in_place() {
     // No compaction: Weir before Delta deleted merged files at once, so its folders held only live
     // files (here, files a Delta rewrite removed would still be there, waiting for vacuum).
-    let p = project("max_records = 2000\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 0");
+    let p =
+        project("max_records = 2000\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 0");
     run(&mut p.run_cmd(), true);
     // The lake as Weir wrote it before Delta: the same Parquet files, no logs.
     let lake = p.lake();
@@ -241,7 +249,11 @@ fn migrate_turns_a_parquet_lake_into_delta_tables_in_place() {
     let parquet_before = count_parquet(&lake);
     let out = stdout(&run(weir().arg("migrate").arg(p.job()), true));
     assert!(out.contains("made a Delta table"), "{out}");
-    assert_eq!(count_parquet(&lake), parquet_before, "no file copied or removed");
+    assert_eq!(
+        count_parquet(&lake),
+        parquet_before,
+        "no file copied or removed"
+    );
     assert_exact(&p);
     let again = stdout(&run(weir().arg("migrate").arg(p.job()), true));
     assert!(again.contains("already a Delta table"), "{again}");

@@ -41,7 +41,8 @@ fn ecommerce_outputs_match_an_independent_computation() {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(
-        files[0].starts_with("dt=2025-06-01/ecommerce-c00000000") && files[0].ends_with("-000.parquet"),
+        files[0].starts_with("dt=2025-06-01/ecommerce-c00000000")
+            && files[0].ends_with("-000.parquet"),
         "{files:?}"
     );
     assert!(lake.join("sales/_delta_log").is_dir());

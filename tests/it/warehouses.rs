@@ -915,12 +915,14 @@ fn bigquery_load_errors_name_the_file_and_retry_under_a_new_job_id() {
     let lake = lake_id(&p.lake());
     for id in ["", "_r1"] {
         let job: serde_json::Value = runtime().block_on(async {
-            reqwest::get(format!("{api}/jobs/weir_{dataset}_ecommerce_{lake}_sales_1_0{id}"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
+            reqwest::get(format!(
+                "{api}/jobs/weir_{dataset}_ecommerce_{lake}_sales_1_0{id}"
+            ))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
         });
         assert_eq!(job["status"]["state"], "DONE", "{id}: {job}");
         assert!(!job["status"]["errorResult"].is_null(), "{id}: {job}");

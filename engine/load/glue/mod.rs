@@ -6,9 +6,7 @@
 use async_trait::async_trait;
 use aws_sdk_glue::Client;
 use aws_sdk_glue::error::DisplayErrorContext;
-use aws_sdk_glue::types::{
-    Column, DatabaseInput, SerDeInfo, StorageDescriptor, TableInput,
-};
+use aws_sdk_glue::types::{Column, DatabaseInput, SerDeInfo, StorageDescriptor, TableInput};
 use tokio::sync::OnceCell;
 
 use super::types::{Warehouse, column_type};

@@ -135,7 +135,12 @@ impl Lake {
         let last = inputs.iter().map(|(b, _)| *b).max().unwrap_or_default();
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("{job}-c{last:010}-{}", &unique[..12]);
-        let partition_values = inputs[0].1.remove.partition_values.clone().unwrap_or_default();
+        let partition_values = inputs[0]
+            .1
+            .remove
+            .partition_values
+            .clone()
+            .unwrap_or_default();
         let written = self
             .write_files(table, dir, &prefix, &schema, &rows, target)
             .await?;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{BinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray, Int64Array};
+use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 

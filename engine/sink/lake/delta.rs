@@ -241,7 +241,9 @@ impl DeltaLake {
         files: &[NewFile],
     ) -> Result<(), DeltaError> {
         let table = self.table(name).await?.ok_or_else(|| {
-            Self::err(name)(DeltaTableError::NotATable(format!("{name} was not created")))
+            Self::err(name)(DeltaTableError::NotATable(format!(
+                "{name} was not created"
+            )))
         })?;
         let now = chrono::Utc::now().timestamp_millis();
         let actions = files.iter().map(|f| Action::Add(add(f, now))).collect();
@@ -281,7 +283,9 @@ impl DeltaLake {
         target_size: u64,
     ) -> Result<(), DeltaError> {
         let table = self.table(name).await?.ok_or_else(|| {
-            Self::err(name)(DeltaTableError::NotATable(format!("{name} was not created")))
+            Self::err(name)(DeltaTableError::NotATable(format!(
+                "{name} was not created"
+            )))
         })?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut actions: Vec<Action> = Vec::new();

@@ -24,8 +24,8 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 pub use compact::{Compacted, batch_of};
-pub use migrate::Migrated;
 pub use layout::{DEAD_LETTERS, Layout, STATE};
+pub use migrate::Migrated;
 
 use super::{BatchOutput, Sink, SinkError, WrittenFile};
 use crate::job::{Job, OutputSpec};
@@ -171,7 +171,8 @@ impl Lake {
         let mut added = Vec::new();
         let prefix = format!("{}-{}", batch_prefix(job, batch), self.attempt);
         for (dir, rows) in parts {
-            let values = partition::delta_values(&rows[0], &spec.partition_by).map_err(arrow_err)?;
+            let values =
+                partition::delta_values(&rows[0], &spec.partition_by).map_err(arrow_err)?;
             let written = self
                 .write_files(table, &dir, &prefix, schema, &rows, spec.target_file_size)
                 .await?;
@@ -348,12 +349,7 @@ impl Sink for Lake {
         for t in out.tables {
             files.extend(
                 self.write_table(
-                    out.job,
-                    out.batch,
-                    &t.name,
-                    &t.schema,
-                    &t.batches,
-                    out.replay,
+                    out.job, out.batch, &t.name, &t.schema, &t.batches, out.replay,
                 )
                 .await?,
             );

@@ -1,13 +1,14 @@
 CREATE SCHEMA IF NOT EXISTS "analytics";
 
 CREATE TABLE IF NOT EXISTS "analytics"."_weir_loads" (
+    lake_id VARCHAR(64) NOT NULL,
     job VARCHAR(256) NOT NULL,
     table_name VARCHAR(256) NOT NULL,
     batch BIGINT NOT NULL,
     row_count BIGINT NOT NULL,
     file_count INTEGER NOT NULL,
     loaded_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (job, table_name, batch)
+    PRIMARY KEY (lake_id, job, table_name, batch)
 );
 
 CREATE TABLE IF NOT EXISTS "analytics"."funnel" (
