@@ -9,6 +9,7 @@
 //! yet recorded there is skipped by the destination's own check.
 
 pub mod bigquery;
+pub mod catalog;
 pub mod glue;
 pub mod postgres;
 pub mod redshift;
@@ -536,64 +537,6 @@ impl Backfill {
             backfill: true,
         })
     }
-}
-
-/// Compares an existing table's columns with an output's: returns the columns to add; a column
-/// whose type changed or that the output dropped stops the run, naming the column and the fix.
-/// Names compare case-insensitively (Glue and BigQuery fold case); types after alias folding.
-pub fn evolve(
-    destination: &'static str,
-    table: &str,
-    existing: &[(String, String)],
-    desired: &[(String, String)],
-) -> Result<Vec<(String, String)>, LoadError> {
-    fn norm(t: &str) -> String {
-        let t = t.trim().to_ascii_lowercase().replace(", ", ",");
-        let t = t.replace("varchar(", "character varying(");
-        match t.as_str() {
-            "integer" | "int64" => "int64".into(),
-            "float" | "float64" => "float64".into(),
-            "boolean" | "bool" => "bool".into(),
-            _ => t,
-        }
-    }
-    let find = |cols: &[(String, String)], name: &str| {
-        cols.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, t)| t.clone())
-    };
-    let conflict = |column: &str, message: String| LoadError::Schema {
-        destination,
-        table: table.to_string(),
-        column: column.to_string(),
-        message,
-    };
-    for (name, ty) in existing {
-        match find(desired, name) {
-            None => {
-                return Err(conflict(
-                    name,
-                    format!(
-                        "the output no longer has this column ({ty}); add it back to the SQL (e.g. CAST(NULL AS ...) AS {name}), or migrate the table by hand"
-                    ),
-                ));
-            }
-            Some(want) if norm(&want) != norm(ty) => {
-                return Err(conflict(
-                    name,
-                    format!(
-                        "the output's type {want} differs from the table's {ty}; CAST it back to {ty} in the SQL, or migrate the table by hand"
-                    ),
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(desired
-        .iter()
-        .filter(|(n, _)| find(existing, n).is_none())
-        .cloned()
-        .collect())
 }
 
 /// Sets a destination's backlog gauge: committed batch ids not yet loaded.

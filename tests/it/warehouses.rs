@@ -939,8 +939,9 @@ fn a_failed_postgres_copy_rolls_the_whole_batch_back_and_the_retry_loads_it_once
     let tables = sample_tables();
     // `funnel` exists with the right columns but a constraint every row breaks.
     let funnel = tables.iter().find(|t| t.name == "funnel").unwrap();
-    let cols = weir::load::postgres::wire::mapped_columns(weir::load::Warehouse::Postgres, funnel)
-        .unwrap();
+    let cols =
+        weir::load::catalog::mapped_columns("postgres", weir::load::Warehouse::Postgres, funnel)
+            .unwrap();
     let ledger = weir::load::postgres::wire::Ledger::new(&schema, "unused");
     let create = ledger.create_table("funnel", &cols).replacen(
         " (\n",

@@ -31,7 +31,8 @@ use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 use gcp_bigquery_client::yup_oauth2;
 use tokio::sync::OnceCell;
 
-use super::types::{Warehouse, column_type};
+use super::catalog::{Catalog, prepare_tables};
+use super::types::Warehouse;
 use super::{Destination, LakeFiles, LoadError, OutputTable};
 use crate::commit::CommitRecord;
 use crate::job::BigQueryConfig;
@@ -300,6 +301,89 @@ fn type_name(t: &FieldType) -> String {
         .unwrap_or_default()
 }
 
+fn fields(cols: &[(String, String)]) -> Vec<TableFieldSchema> {
+    cols.iter()
+        .map(|(n, ty)| TableFieldSchema::new(n, field_type(ty)))
+        .collect()
+}
+
+#[async_trait]
+impl Catalog for BigQuery {
+    fn destination(&self) -> &'static str {
+        NAME
+    }
+
+    fn warehouse(&self) -> Warehouse {
+        Warehouse::BigQuery
+    }
+
+    async fn columns(&self, t: &OutputTable) -> Result<Option<Vec<(String, String)>>, LoadError> {
+        let (client, _) = self.client().await?;
+        match client
+            .table()
+            .get(&self.project, &self.dataset, &t.name, None)
+            .await
+        {
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.fail(format!("table {}: {e}", t.name))),
+            Ok(existing) => Ok(Some(
+                existing
+                    .schema
+                    .fields
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|f| (f.name.clone(), type_name(&f.r#type)))
+                    .collect(),
+            )),
+        }
+    }
+
+    async fn create(&self, t: &OutputTable, columns: &[(String, String)]) -> Result<(), LoadError> {
+        let (client, _) = self.client().await?;
+        let mut table = Table::new(
+            &self.project,
+            &self.dataset,
+            &t.name,
+            TableSchema::new(fields(columns)),
+        );
+        if let Some(col) = t.time_partition() {
+            let mut tp = TimePartitioning::per_day();
+            tp.field = Some(col.to_string());
+            table = table.time_partitioning(tp);
+        }
+        match client.table().create(table).await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(self.fail(format!("creating table {}: {e}", t.name))),
+        }
+    }
+
+    async fn add_columns(
+        &self,
+        t: &OutputTable,
+        added: &[(String, String)],
+        _all: &[(String, String)],
+    ) -> Result<(), LoadError> {
+        let (client, _) = self.client().await?;
+        let existing = client
+            .table()
+            .get(&self.project, &self.dataset, &t.name, None)
+            .await
+            .map_err(|e| self.fail(format!("table {}: {e}", t.name)))?;
+        let mut all = existing.schema.fields.clone().unwrap_or_default();
+        all.extend(fields(added));
+        let mut patch = existing.clone();
+        patch.schema = TableSchema::new(all);
+        client
+            .table()
+            .patch(&self.project, &self.dataset, &t.name, patch)
+            .await
+            .map_err(|e| self.fail(format!("adding columns to {}: {e}", t.name)))?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Destination for BigQuery {
     fn name(&self) -> &'static str {
@@ -322,76 +406,7 @@ impl Destination for BigQuery {
             }
             Err(e) => return Err(self.fail(format!("dataset {}: {e}", self.dataset))),
         }
-        for t in tables {
-            let desired: Vec<(String, String)> = t
-                .schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    column_type(Warehouse::BigQuery, f.data_type())
-                        .map(|ty| (f.name().clone(), ty))
-                        .map_err(|message| LoadError::Schema {
-                            destination: NAME,
-                            table: t.name.clone(),
-                            column: f.name().clone(),
-                            message,
-                        })
-                })
-                .collect::<Result<_, _>>()?;
-            let fields = |cols: &[(String, String)]| -> Vec<TableFieldSchema> {
-                cols.iter()
-                    .map(|(n, ty)| TableFieldSchema::new(n, field_type(ty)))
-                    .collect()
-            };
-            match client
-                .table()
-                .get(&self.project, &self.dataset, &t.name, None)
-                .await
-            {
-                Err(e) if status(&e) == Some(404) => {
-                    let mut table = Table::new(
-                        &self.project,
-                        &self.dataset,
-                        &t.name,
-                        TableSchema::new(fields(&desired)),
-                    );
-                    if let Some(col) = t.time_partition() {
-                        let mut tp = TimePartitioning::per_day();
-                        tp.field = Some(col.to_string());
-                        table = table.time_partitioning(tp);
-                    }
-                    match client.table().create(table).await {
-                        Ok(_) => {}
-                        Err(e) if status(&e) == Some(409) => {}
-                        Err(e) => return Err(self.fail(format!("creating table {}: {e}", t.name))),
-                    }
-                }
-                Err(e) => return Err(self.fail(format!("table {}: {e}", t.name))),
-                Ok(existing) => {
-                    let have: Vec<(String, String)> = existing
-                        .schema
-                        .fields
-                        .clone()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|f| (f.name.clone(), type_name(&f.r#type)))
-                        .collect();
-                    let added = super::evolve(NAME, &t.name, &have, &desired)?;
-                    if !added.is_empty() {
-                        let mut all = existing.schema.fields.clone().unwrap_or_default();
-                        all.extend(fields(&added));
-                        let mut patch = existing.clone();
-                        patch.schema = TableSchema::new(all);
-                        client
-                            .table()
-                            .patch(&self.project, &self.dataset, &t.name, patch)
-                            .await
-                            .map_err(|e| self.fail(format!("adding columns to {}: {e}", t.name)))?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        prepare_tables(self, tables).await
     }
 
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {

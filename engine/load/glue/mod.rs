@@ -9,6 +9,7 @@ use aws_sdk_glue::error::DisplayErrorContext;
 use aws_sdk_glue::types::{Column, DatabaseInput, SerDeInfo, StorageDescriptor, TableInput};
 use tokio::sync::OnceCell;
 
+use super::catalog::{Catalog, prepare_tables};
 use super::types::{Warehouse, column_type};
 use super::{Destination, LakeFiles, LoadError, OutputTable};
 use crate::commit::CommitRecord;
@@ -117,6 +118,103 @@ fn columns_of(sd: &[Column]) -> Vec<(String, String)> {
 }
 
 #[async_trait]
+impl Catalog for Glue {
+    fn destination(&self) -> &'static str {
+        NAME
+    }
+
+    fn warehouse(&self) -> Warehouse {
+        Warehouse::Glue
+    }
+
+    async fn columns(&self, t: &OutputTable) -> Result<Option<Vec<(String, String)>>, LoadError> {
+        let name = self.table_name(&t.name);
+        let existing = self
+            .client()
+            .await
+            .get_table()
+            .database_name(&self.database)
+            .name(&name)
+            .send()
+            .await;
+        match existing {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_entity_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(fail(format!("table {name}: {}", DisplayErrorContext(&e)))),
+            Ok(out) => {
+                let Some(table) = out.table() else {
+                    return Ok(None);
+                };
+                let mut have = columns_of(
+                    table
+                        .storage_descriptor()
+                        .map(|s| s.columns())
+                        .unwrap_or_default(),
+                );
+                have.extend(columns_of(table.partition_keys()));
+                Ok(Some(have))
+            }
+        }
+    }
+
+    async fn create(
+        &self,
+        t: &OutputTable,
+        _columns: &[(String, String)],
+    ) -> Result<(), LoadError> {
+        let name = self.table_name(&t.name);
+        let created = self
+            .client()
+            .await
+            .create_table()
+            .database_name(&self.database)
+            .table_input(self.table_input(t)?)
+            .send()
+            .await;
+        match created {
+            Err(e)
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_already_exists_exception()) =>
+            {
+                Err(fail(format!(
+                    "creating table {name}: {}",
+                    DisplayErrorContext(&e)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn add_columns(
+        &self,
+        t: &OutputTable,
+        _added: &[(String, String)],
+        _all: &[(String, String)],
+    ) -> Result<(), LoadError> {
+        let name = self.table_name(&t.name);
+        self.client()
+            .await
+            .update_table()
+            .database_name(&self.database)
+            .table_input(self.table_input(t)?)
+            .send()
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "updating table {name}: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl Destination for Glue {
     fn name(&self) -> &'static str {
         NAME
@@ -140,73 +238,7 @@ impl Destination for Glue {
                 DisplayErrorContext(&e)
             )));
         }
-        for t in tables {
-            let input = self.table_input(t)?;
-            let name = self.table_name(&t.name);
-            let existing = client
-                .get_table()
-                .database_name(&self.database)
-                .name(&name)
-                .send()
-                .await;
-            match existing {
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_entity_not_found_exception()) =>
-                {
-                    let created = client
-                        .create_table()
-                        .database_name(&self.database)
-                        .table_input(input)
-                        .send()
-                        .await;
-                    if let Err(e) = created
-                        && !e
-                            .as_service_error()
-                            .is_some_and(|s| s.is_already_exists_exception())
-                    {
-                        return Err(fail(format!(
-                            "creating table {name}: {}",
-                            DisplayErrorContext(&e)
-                        )));
-                    }
-                }
-                Err(e) => return Err(fail(format!("table {name}: {}", DisplayErrorContext(&e)))),
-                Ok(out) => {
-                    let Some(table) = out.table() else { continue };
-                    let mut have = columns_of(
-                        table
-                            .storage_descriptor()
-                            .map(|s| s.columns())
-                            .unwrap_or_default(),
-                    );
-                    have.extend(columns_of(table.partition_keys()));
-                    let mut want = columns_of(
-                        input
-                            .storage_descriptor()
-                            .map(|s| s.columns())
-                            .unwrap_or_default(),
-                    );
-                    want.extend(columns_of(input.partition_keys()));
-                    if super::evolve(NAME, &t.name, &have, &want)?.is_empty() {
-                        continue;
-                    }
-                    client
-                        .update_table()
-                        .database_name(&self.database)
-                        .table_input(input)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            fail(format!(
-                                "updating table {name}: {}",
-                                DisplayErrorContext(&e)
-                            ))
-                        })?;
-                }
-            }
-        }
-        Ok(())
+        prepare_tables(self, tables).await
     }
 
     /// Nothing per batch: the table points at the Delta log, which readers (Athena, Spark,

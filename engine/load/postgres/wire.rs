@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use tokio_postgres::{Client, Config, Transaction};
 
 use crate::commit::CommitRecord;
-use crate::load::types::{Warehouse, column_type};
+use crate::load::catalog::{Catalog, prepare_tables};
+use crate::load::types::Warehouse;
 use crate::load::{LoadError, OutputTable};
 use crate::sink::WrittenFile;
 
@@ -315,14 +316,8 @@ impl Connection {
         LoadError::failed(self.destination, format!("{what}: {}", error_text(&e)))
     }
 
-    /// Creates the schema, the ledger and each output table; adds new columns to existing tables.
-    pub async fn prepare(
-        &mut self,
-        ledger: &Ledger,
-        warehouse: Warehouse,
-        tables: &[OutputTable],
-    ) -> Result<(), LoadError> {
-        let destination = self.destination;
+    /// Creates the schema and the ledger (adding `lake_id` to a ledger made before it).
+    pub async fn prepare_ledger(&mut self, ledger: &Ledger) -> Result<(), LoadError> {
         let client = self.client().await?;
         let r = async {
             client.batch_execute(&ledger.create_schema()).await?;
@@ -335,36 +330,29 @@ impl Connection {
             if !has_lake {
                 client.batch_execute(&ledger.add_lake_column()).await?;
             }
-            let mut plans = Vec::new();
-            for t in tables {
-                let rows = client.query(&ledger.columns(&t.name), &[]).await?;
-                let existing: Vec<(String, String)> =
-                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-                plans.push((t, existing));
-            }
-            Ok::<_, tokio_postgres::Error>(plans)
+            Ok::<_, tokio_postgres::Error>(())
         }
         .await;
-        let plans = match r {
-            Ok(p) => p,
-            Err(e) => return Err(self.fail("preparing tables", e)),
-        };
-        let mut statements = Vec::new();
-        for (t, existing) in plans {
-            let desired = mapped_columns(warehouse, t)?;
-            if existing.is_empty() {
-                statements.push(ledger.create_table(&t.name, &desired));
-            } else {
-                for (c, ty) in super::super::evolve(destination, &t.name, &existing, &desired)? {
-                    statements.push(ledger.add_column(&t.name, &c, &ty));
-                }
-            }
-        }
+        r.map_err(|e| self.fail("preparing the load ledger", e))
+    }
+
+    /// Columns of a table (`format_type` spelling); empty when it does not exist.
+    async fn columns(
+        &mut self,
+        ledger: &Ledger,
+        table: &str,
+    ) -> Result<Vec<(String, String)>, LoadError> {
         let client = self.client().await?;
-        for s in statements {
-            if let Err(e) = client.batch_execute(&s).await {
-                return Err(self.fail(&s, e));
-            }
+        match client.query(&ledger.columns(table), &[]).await {
+            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
+            Err(e) => Err(self.fail(&format!("reading the columns of {table}"), e)),
+        }
+    }
+
+    async fn execute(&mut self, statement: &str) -> Result<(), LoadError> {
+        let client = self.client().await?;
+        if let Err(e) = client.batch_execute(statement).await {
+            return Err(self.fail(statement, e));
         }
         Ok(())
     }
@@ -432,6 +420,7 @@ impl Connection {
 /// What a PostgreSQL-protocol destination (PostgreSQL, Redshift) is apart from its COPY: one
 /// connection, the ledger in its schema, the job.
 pub struct WireLoader {
+    destination: &'static str,
     conn: tokio::sync::Mutex<Connection>,
     ledger: Ledger,
     job: String,
@@ -450,6 +439,7 @@ impl WireLoader {
         lake_id: &str,
     ) -> Self {
         Self {
+            destination,
             conn: tokio::sync::Mutex::new(Connection::new(destination, url, password_env)),
             ledger: Ledger::new(schema.unwrap_or("public"), lake_id),
             job: job.to_string(),
@@ -461,9 +451,10 @@ impl WireLoader {
         &self.ledger
     }
 
+    /// Creates the schema and the ledger, then each output table (or evolves it).
     pub async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError> {
-        let mut conn = self.conn.lock().await;
-        conn.prepare(&self.ledger, self.warehouse, tables).await
+        self.conn.lock().await.prepare_ledger(&self.ledger).await?;
+        prepare_tables(self, tables).await
     }
 
     pub async fn load(
@@ -477,26 +468,42 @@ impl WireLoader {
     }
 }
 
-/// An output's columns with their types in `warehouse`.
-pub fn mapped_columns(
-    warehouse: Warehouse,
-    t: &OutputTable,
-) -> Result<Vec<(String, String)>, LoadError> {
-    t.schema
-        .fields()
-        .iter()
-        .map(|f| {
-            column_type(warehouse, f.data_type())
-                .map(|ty| (f.name().clone(), ty))
-                .map_err(|message| LoadError::Schema {
-                    destination: match warehouse {
-                        Warehouse::Redshift => "redshift",
-                        _ => "postgres",
-                    },
-                    table: t.name.clone(),
-                    column: f.name().clone(),
-                    message,
-                })
-        })
-        .collect()
+#[async_trait]
+impl Catalog for WireLoader {
+    fn destination(&self) -> &'static str {
+        self.destination
+    }
+
+    fn warehouse(&self) -> Warehouse {
+        self.warehouse
+    }
+
+    async fn columns(&self, t: &OutputTable) -> Result<Option<Vec<(String, String)>>, LoadError> {
+        let cols = self
+            .conn
+            .lock()
+            .await
+            .columns(&self.ledger, &t.name)
+            .await?;
+        Ok((!cols.is_empty()).then_some(cols))
+    }
+
+    async fn create(&self, t: &OutputTable, columns: &[(String, String)]) -> Result<(), LoadError> {
+        let statement = self.ledger.create_table(&t.name, columns);
+        self.conn.lock().await.execute(&statement).await
+    }
+
+    async fn add_columns(
+        &self,
+        t: &OutputTable,
+        added: &[(String, String)],
+        _all: &[(String, String)],
+    ) -> Result<(), LoadError> {
+        let mut conn = self.conn.lock().await;
+        for (c, ty) in added {
+            conn.execute(&self.ledger.add_column(&t.name, c, ty))
+                .await?;
+        }
+        Ok(())
+    }
 }

@@ -7,6 +7,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::json;
 use tokio_postgres::Transaction;
 
+use super::catalog::mapped_columns;
 use super::postgres::wire::{CopyTable, Ledger, WireLoader, quote_ident, quote_literal};
 use super::types::Warehouse;
 use super::{Destination, LakeFiles, LoadError, OutputTable};
@@ -89,7 +90,7 @@ impl Redshift {
     pub fn create_statements(&self, tables: &[OutputTable]) -> Result<Vec<String>, LoadError> {
         let mut out = vec![self.ledger().create_schema(), self.ledger().create()];
         for t in tables {
-            let cols = super::postgres::wire::mapped_columns(Warehouse::Redshift, t)?;
+            let cols = mapped_columns(NAME, Warehouse::Redshift, t)?;
             out.push(self.ledger().create_table(&t.name, &cols));
         }
         Ok(out)
