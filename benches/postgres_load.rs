@@ -115,10 +115,7 @@ async fn bench(events: u64, url: &str) {
     let mut inserted = 0u64;
     for c in &commits {
         for f in c.files.iter().filter(|f| !f.table.starts_with('_')) {
-            let data = store
-                .get(&lake_root.clone().join_path(&f.path))
-                .await
-                .unwrap();
+            let data = lake.store().get(&lake.path(&f.path)).await.unwrap();
             let data = data.bytes().await.unwrap();
             inserted += insert_rows(&mut client, &seed_schema, &f.table, data).await;
         }
@@ -153,16 +150,6 @@ async fn bench(events: u64, url: &str) {
         rows as f64 / seed_secs
     );
     println!("speed-up {:.1}x", seed_secs / weir_secs);
-}
-
-trait JoinPath {
-    fn join_path(self, rel: &str) -> object_store::path::Path;
-}
-
-impl JoinPath for object_store::path::Path {
-    fn join_path(self, rel: &str) -> object_store::path::Path {
-        rel.split('/').fold(self, |p, s| p.join(s))
-    }
 }
 
 /// The seed's way: each row an INSERT with text parameters cast by the server.

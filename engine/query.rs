@@ -52,10 +52,7 @@ pub async fn lake_session(lake: &str) -> Result<(SessionContext, Vec<String>), Q
         table
             .update_datafusion_session(&ctx.state())
             .map_err(delta_err)?;
-        let provider = table
-            .table_provider()
-            .await
-            .map_err(|e| QueryError::Sql(e))?;
+        let provider = table.table_provider().await.map_err(QueryError::Sql)?;
         ctx.register_table(name.as_str(), provider)
             .map_err(QueryError::Sql)?;
         tables.push(name);

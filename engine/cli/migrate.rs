@@ -28,7 +28,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = job.target(args.target.as_deref())?;
     let url = args.lake.clone().unwrap_or(target.lake.clone());
     let transforms = Transforms::load(&job).await?;
-    let lake = Lake::open(&url, &job).await?;
+    let lake = Lake::open_legacy(&url, &job).await?;
     let lease = Lease::acquire(
         lake.store(),
         lake.path(&lake.layout().lease()),

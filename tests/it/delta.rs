@@ -246,6 +246,11 @@ fn migrate_turns_a_parquet_lake_into_delta_tables_in_place() {
         }
     }
     assert!(tables >= 4);
+    std::fs::remove_file(lake.join("_weir/lake.json")).unwrap();
+    std::fs::remove_file(lake.join("_weir/ecommerce/latest.json")).unwrap();
+    // Such a lake is not silently written as a new one: the error names the command.
+    let refused = stderr(&run(&mut p.run_cmd(), false));
+    assert!(refused.contains("weir migrate"), "{refused}");
     let parquet_before = count_parquet(&lake);
     let out = stdout(&run(weir().arg("migrate").arg(p.job()), true));
     assert!(out.contains("made a Delta table"), "{out}");
@@ -254,6 +259,10 @@ fn migrate_turns_a_parquet_lake_into_delta_tables_in_place() {
         parquet_before,
         "no file copied or removed"
     );
+    // It keeps the identity its warehouse ledgers know (none): nothing is loaded twice.
+    let id: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lake.join("_weir/lake.json")).unwrap()).unwrap();
+    assert_eq!(id["id"], "");
     assert_exact(&p);
     let again = stdout(&run(weir().arg("migrate").arg(p.job()), true));
     assert!(again.contains("already a Delta table"), "{again}");

@@ -116,11 +116,15 @@ impl BigQuery {
                 })
                 .collect()
         };
+        // A lake migrated from before identities has the empty one: its ids are as they were.
+        let lake = match self.lake.lake_id.as_str() {
+            "" => String::new(),
+            id => format!("{}_", clean(id)),
+        };
         let base = format!(
-            "weir_{}_{}_{}_{}_{batch}_{file}",
+            "weir_{}_{}_{lake}{}_{batch}_{file}",
             clean(&self.dataset),
             clean(&self.job),
-            clean(&self.lake.lake_id),
             clean(table)
         );
         if attempt == 0 {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
@@ -56,8 +57,19 @@ pub struct Lake {
 }
 
 impl Lake {
-    /// Opens the lake (creating its identity if new); nothing else is written.
+    /// Opens the lake (creating its identity if new); nothing else is written. A lake written by
+    /// Weir before Delta is refused with the command that migrates it.
     pub async fn open(url: &str, job: &Job) -> Result<Self, SinkError> {
+        Self::open_as(url, job, false).await
+    }
+
+    /// Opens a lake to migrate it: a lake without an identity that already has a commit log gets
+    /// the empty identity, the one its warehouse ledger rows were given, so nothing loads twice.
+    pub async fn open_legacy(url: &str, job: &Job) -> Result<Self, SinkError> {
+        Self::open_as(url, job, true).await
+    }
+
+    async fn open_as(url: &str, job: &Job, legacy: bool) -> Result<Self, SinkError> {
         let location = Location::parse(url).map_err(|e| match e {
             StorageError::Invalid { location, message } => SinkError::Identity {
                 path: location,
@@ -68,12 +80,46 @@ impl Lake {
                 source,
             },
         })?;
-        let id = identity(&location).await?;
+        let layout = Layout::new(&job.name);
+        let id = match identity(&location, None).await? {
+            Some(id) => id,
+            None => {
+                let commits = location.path(&layout.commits());
+                let old = location
+                    .store
+                    .list(Some(&commits))
+                    .next()
+                    .await
+                    .transpose()
+                    .map_err(|source| SinkError::Store {
+                        path: layout.commits(),
+                        source,
+                    })?
+                    .is_some();
+                match (old, legacy) {
+                    (true, false) => {
+                        return Err(SinkError::Identity {
+                            path: location.url.to_string(),
+                            message: format!(
+                                "this lake was written by a Weir before Delta Lake tables (plain Parquet folders); turn it into Delta tables first: weir migrate {}",
+                                job.file.display()
+                            ),
+                        });
+                    }
+                    (true, true) => identity(&location, Some(String::new())).await?,
+                    (false, _) => {
+                        identity(&location, Some(uuid::Uuid::new_v4().simple().to_string()))
+                            .await?
+                    }
+                }
+                .expect("identity created")
+            }
+        };
         let app_id = format!("weir-{}-{id}", job.name);
         Ok(Self {
             delta: DeltaLake::new(location.clone(), app_id, job.retention),
             location,
-            layout: Layout::new(&job.name),
+            layout,
             id,
             attempt: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
             outputs: job.outputs.clone(),
@@ -270,8 +316,12 @@ impl Lake {
     }
 }
 
-/// Reads the lake's identity, creating it (conditionally: one id per lake) when the lake is new.
-async fn identity(location: &Location) -> Result<String, SinkError> {
+/// Reads the lake's identity; when there is none and `create` is given, creates it with that id
+/// (conditionally: one id per lake, whoever creates it first).
+async fn identity(
+    location: &Location,
+    create: Option<String>,
+) -> Result<Option<String>, SinkError> {
     let path = location.path(&Layout::lake_id());
     let err = |message: String| SinkError::Identity {
         path: location.url_of(&Layout::lake_id()),
@@ -286,11 +336,14 @@ async fn identity(location: &Location) -> Result<String, SinkError> {
                         "{e}; the file is corrupt: restore it from a backup (deleting it makes the warehouses load every batch again)"
                     ))
                 })?;
-                return Ok(id.id);
+                return Ok(Some(id.id));
             }
             Err(object_store::Error::NotFound { .. }) => {
+                let Some(new) = &create else {
+                    return Ok(None);
+                };
                 let id = Identity {
-                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    id: new.clone(),
                     created_at: chrono::Utc::now(),
                 };
                 let body = serde_json::to_vec_pretty(&id).expect("identity serializes");
@@ -303,7 +356,7 @@ async fn identity(location: &Location) -> Result<String, SinkError> {
                     .put_opts(&path, PutPayload::from(body), opts)
                     .await
                 {
-                    Ok(_) => return Ok(id.id),
+                    Ok(_) => return Ok(Some(id.id)),
                     Err(object_store::Error::AlreadyExists { .. }) => continue,
                     Err(e) => return Err(err(e.to_string())),
                 }
