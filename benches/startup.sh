@@ -2,11 +2,11 @@
 # Start-up as the lake's history grows: the time a new `weir run` takes to commit its first batch,
 # after 10 and after 2,000 committed batches (small batches of the sample job; compaction on).
 # A start must not list history: both times should be about equal.
-#   benches/startup.sh [BATCHES...]      (default: 10 2000)
+#   benches/startup.sh [BATCHES...]      (default: 10 2000; WEIR_BIN=path measures another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-weir=$PWD/target/release/weir
+if [ -z "${WEIR_BIN:-}" ]; then cargo build --release --quiet; fi
+weir=$(realpath "${WEIR_BIN:-target/release/weir}")
 work=${WEIR_BENCH_DIR:-target/bench-startup}
 per_batch=50
 [ "$#" -gt 0 ] || set -- 10 2000
