@@ -68,6 +68,16 @@ impl Project {
         Self { dir }
     }
 
+    /// The sample job plus `all_events`, every event passed through: the exactly-once witness.
+    pub fn with_all_events(events: u64, files: u32, batch: &str) -> Self {
+        let p = Self::ecommerce(events, files, batch);
+        p.write(
+            "sql/ecommerce/all_events.sql",
+            "SELECT event_id, event_type, CAST(event_time AS DATE) AS dt FROM events",
+        );
+        p
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }

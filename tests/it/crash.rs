@@ -10,12 +10,7 @@ const SMALL_BATCHES: &str = "max_records = 100\nmax_bytes = \"64MiB\"\nmax_age =
 const EVENTS: u64 = 60_000;
 
 fn project() -> Project {
-    let p = Project::ecommerce(EVENTS, 4, SMALL_BATCHES);
-    p.write(
-        "sql/ecommerce/all_events.sql",
-        "SELECT event_id, event_type, CAST(event_time AS DATE) AS dt FROM events",
-    );
-    p
+    Project::with_all_events(EVENTS, 4, SMALL_BATCHES)
 }
 
 /// Every generated event is in `all_events` exactly once, and `sales` has no duplicates.

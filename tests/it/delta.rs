@@ -12,12 +12,7 @@ use crate::common::*;
 const EVENTS: u64 = 30_000;
 
 fn project(batch: &str) -> Project {
-    let p = Project::ecommerce(EVENTS, 4, batch);
-    p.write(
-        "sql/ecommerce/all_events.sql",
-        "SELECT event_id, event_type, CAST(event_time AS DATE) AS dt FROM events",
-    );
-    p
+    Project::with_all_events(EVENTS, 4, batch)
 }
 
 /// Every generated event is in `all_events` exactly once and `sales` equals DuckDB's own

@@ -42,11 +42,7 @@ fn stream(name: &str) -> String {
 
 /// The ecommerce job plus a pass-through `all_events` table and a `prod` target on `stream`.
 fn project(stream: &str, lake: &str) -> Project {
-    let p = Project::ecommerce(10, 1, BATCH);
-    p.write(
-        "sql/ecommerce/all_events.sql",
-        "SELECT event_id, event_type, CAST(event_time AS DATE) AS dt FROM events",
-    );
+    let p = Project::with_all_events(10, 1, BATCH);
     let mut job = std::fs::read_to_string(p.job()).unwrap();
     job.push_str(&format!(
         "\n[targets.prod]\nsource = {{ kind = \"kinesis\", stream = \"{stream}\" }}\nlake = \"{lake}\"\n"
