@@ -54,7 +54,7 @@ pub enum Command {
     Generate(generate::Args),
     /// Send generated e-commerce events to a Kinesis stream (load driver, test producer).
     Produce(produce::Args),
-    /// Turn a lake of plain Parquet folders (written by Weir before 0.2) into Delta tables in
+    /// Turn a lake of plain Parquet folders (written by Weir before Delta tables) into Delta tables in
     /// place, keeping its commit log; running it again does nothing.
     Migrate(migrate::Args),
 }

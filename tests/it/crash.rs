@@ -70,7 +70,8 @@ fn sigkill_at_random_moments_then_restart_is_exactly_once() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(20 + (seed >> 33) % 200);
+        // A start now opens (or creates) the Delta tables and takes the lease: allow for it.
+        let delay = Duration::from_millis(50 + (seed >> 33) % 500);
         let mut child = spawn(&p);
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
