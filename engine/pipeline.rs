@@ -163,13 +163,7 @@ impl Pipeline {
         ));
         let cursors = Cursors::new(lake.store(), state);
         let destinations = open_destinations(&job, &target, &lake, &tables).await?;
-        let lease = Lease::acquire(
-            lake.store(),
-            lake.path(&lake.layout().lease()),
-            &job.name,
-            DEFAULT_LEASE_TTL,
-        )
-        .await?;
+        let lease = lake.take_lease().await?;
         let schemas: Vec<_> = tables
             .iter()
             .map(|t| (t.name.clone(), t.schema.clone()))

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{job_path, thousands};
-use crate::commit::lease::{DEFAULT_LEASE_TTL, Lease};
 use crate::commit::{CommitStore, ObjectCommitStore};
 use crate::job::Job;
 use crate::sink::lake::{DEAD_LETTERS, Lake, dead_letters};
@@ -29,13 +28,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let url = args.lake.clone().unwrap_or(target.lake.clone());
     let transforms = Transforms::load(&job).await?;
     let lake = Lake::open_legacy(&url, &job).await?;
-    let lease = Lease::acquire(
-        lake.store(),
-        lake.path(&lake.layout().lease()),
-        &job.name,
-        DEFAULT_LEASE_TTL,
-    )
-    .await?;
+    let lease = lake.take_lease().await?;
     let commits =
         ObjectCommitStore::new(lake.store(), lake.path(&lake.layout().state()), &job.name);
     let committed = commits.recover().await?.last.map_or(0, |c| c.batch);

@@ -116,6 +116,15 @@ impl DeltaLake {
         Ok(t)
     }
 
+    /// The table, which `ensure` must have created.
+    async fn existing(&self, name: &str) -> Result<DeltaTable, DeltaError> {
+        self.table(name).await?.ok_or_else(|| {
+            Self::err(name)(DeltaTableError::NotATable(format!(
+                "{name} was not created"
+            )))
+        })
+    }
+
     fn remember(&self, name: &str, table: DeltaTable) {
         self.tables
             .lock()
@@ -240,11 +249,7 @@ impl DeltaLake {
         batch: u64,
         files: &[NewFile],
     ) -> Result<(), DeltaError> {
-        let table = self.table(name).await?.ok_or_else(|| {
-            Self::err(name)(DeltaTableError::NotATable(format!(
-                "{name} was not created"
-            )))
-        })?;
+        let table = self.existing(name).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let actions = files.iter().map(|f| Action::Add(add(f, now))).collect();
         let props = CommitProperties::default()
@@ -282,11 +287,7 @@ impl DeltaLake {
         added: &[NewFile],
         target_size: u64,
     ) -> Result<(), DeltaError> {
-        let table = self.table(name).await?.ok_or_else(|| {
-            Self::err(name)(DeltaTableError::NotATable(format!(
-                "{name} was not created"
-            )))
-        })?;
+        let table = self.existing(name).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut actions: Vec<Action> = Vec::new();
         for f in removed {

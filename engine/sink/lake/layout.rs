@@ -31,6 +31,10 @@ impl Layout {
         }
     }
 
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
     /// The lake's identity record (shared by every job on the lake).
     pub fn lake_id() -> String {
         format!("{STATE}/lake.json")

@@ -161,6 +161,19 @@ impl Lake {
         self.location.relative(path)
     }
 
+    /// Takes the job's writer lease on this lake (one `weir run` or `weir migrate` at a time).
+    pub async fn take_lease(
+        &self,
+    ) -> Result<Arc<crate::commit::lease::Lease>, crate::commit::lease::LeaseError> {
+        crate::commit::lease::Lease::acquire(
+            self.store(),
+            self.path(&self.layout.lease()),
+            self.layout.job(),
+            crate::commit::lease::DEFAULT_LEASE_TTL,
+        )
+        .await
+    }
+
     fn spec(&self, table: &str) -> &OutputSpec {
         self.outputs.get(table).unwrap_or(&self.default_output)
     }
