@@ -1,49 +1,79 @@
 #!/usr/bin/env bash
-# End-to-end benchmark of the standard job, side by side with DuckDB on the same file and SQL.
-#   benches/e2e.sh [EVENTS]        (default 2,000,000; also runs 10x EVENTS for the memory check
-#                                    when WEIR_BENCH_SCALE=1)
-#   WEIR_BENCH_JOB=land            the job people run first: the sample job plus `all_events`, every
-#                                  event landed (all fields, revenue, dt), partitioned by day
-#   WEIR_BIN=path/to/weir          measure another build (e.g. an older commit's) instead
-# Reports events/s, CPU seconds and peak RSS of `weir run`, and DuckDB's events/s for the same work
-# (read JSON -> the three transforms -> Parquet zstd files), with the ratio.
+# End-to-end benchmark, whole process against whole process: `weir run` and DuckDB (Python,
+# read_json -> the same SQL -> Parquet zstd partitioned by dt) on the same generated file, runs
+# alternating, medians reported.
+#   benches/e2e.sh [EVENTS...]       (default: 2000000 20000000)
+#   WEIR_BENCH_JOB=sample|land|both  the sample job (sales, funnel, inventory), or the job people
+#                                    run first: every event landed (benches/land), next to a
+#                                    per-product-per-minute aggregate; default both
+#   WEIR_BENCH_RUNS=5                alternating runs of each per size
+#   WEIR_BIN=path/to/weir            measure another build instead of target/release/weir
+# Per run it prints wall, CPU seconds, CPU-s per million events and peak RSS of both processes;
+# then the medians and the ratio of events/s (weir / duckdb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-events=${1:-2000000}
+[ "$#" -gt 0 ] || set -- 2000000 20000000
 work=${WEIR_BENCH_DIR:-target/bench-e2e}
+runs=${WEIR_BENCH_RUNS:-5}
+jobs=${WEIR_BENCH_JOB:-both}
+[ "$jobs" = both ] && jobs="land sample"
 tests/setup.sh >/dev/null
-if [ -z "${WEIR_BIN:-}" ]; then cargo build --release --quiet; fi
-weir=${WEIR_BIN:-target/release/weir}
-job=${WEIR_BENCH_JOB:-sample}
-py=.venv/bin/python
+if [ -z "${WEIR_BIN:-}" ]; then cargo build --release --quiet --bin weir; fi
+weir=$(realpath "${WEIR_BIN:-target/release/weir}")
+py=$PWD/.venv/bin/python
 
-measure() { # measure N: generate N events, run weir and duckdb, print one line each
-  local n=$1 dir="$work/$1"
-  if [ ! -f "$dir/data/events/part-00000.jsonl" ]; then
-    rm -rf "$dir"; mkdir -p "$dir/jobs" "$dir/sql"
-    "$weir" generate --events "$n" --out "$dir/data" >/dev/null
+project() { # project JOB N: a folder with N generated events and the job's files
+  local job=$1 n=$2 dir="$work/$1-$2"
+  mkdir -p "$work"
+  if [ ! -f "$work/data-$n/events/part-00000.jsonl" ]; then
+    rm -rf "$work/data-$n"
+    "$weir" generate --events "$n" --out "$work/data-$n" >/dev/null
   fi
-  rm -rf "$dir/lake" "$dir/duck"; mkdir -p "$dir/jobs" "$dir/sql"
-  cp -r sql/ecommerce "$dir/sql/"
-  cp jobs/ecommerce.toml "$dir/jobs/"
+  rm -rf "$dir"; mkdir -p "$dir/jobs" "$dir/sql"
+  ln -s "$(realpath "$work/data-$n")" "$dir/data"
   if [ "$job" = land ]; then
-    cp benches/all_events.sql "$dir/sql/ecommerce/"
-    printf '\n[outputs.all_events]\npartition_by = ["dt"]\n' >>"$dir/jobs/ecommerce.toml"
+    cp benches/land/land.toml "$dir/jobs/job.toml"
+    mkdir -p "$dir/sql/land"; cp benches/land/*.sql "$dir/sql/land/"
+    echo "$dir/sql/land"
+  else
+    cp jobs/ecommerce.toml "$dir/jobs/job.toml"
+    cp -r sql/ecommerce "$dir/sql/"
+    echo "$dir/sql/ecommerce"
   fi
-  local out
-  out=$( { /usr/bin/time -f 'TIME %e %U %S %M' "$weir" run "$dir/jobs/ecommerce.toml" --quiet >/dev/null; } 2>&1 | grep '^TIME')
-  read -r _ wall user sys rss <<<"$out"
-  local cpu; cpu=$(echo "$user + $sys" | bc)
-  local eps; eps=$(echo "$n / $wall" | bc)
-  echo "weir    job=$job events=$n wall=${wall}s cpu=${cpu}s peak_rss=$((rss / 1024))MiB events/s=$eps"
-  local duck
-  duck=$("$py" benches/duckdb_job.py "$dir" 2>&1)
-  echo "duckdb  events=$n $duck"
-  local deps; deps=$(echo "$duck" | sed -n 's/.*events\/s=\([0-9]*\).*/\1/p')
-  [ -n "$deps" ] && echo "ratio   weir/duckdb events/s = $(echo "scale=2; $eps / $deps" | bc)"
 }
 
-measure "$events"
-if [ "${WEIR_BENCH_SCALE:-0}" = 1 ]; then
-  measure "$((events * 10))"
-fi
+timed() { # timed CMD...: prints "wall cpu rss_mib" of the whole process
+  local out
+  out=$( { /usr/bin/time -f 'TIME %e %U %S %M' "$@" >/dev/null; } 2>&1 | grep '^TIME')
+  read -r _ wall user sys rss <<<"$out"
+  echo "$wall $(echo "$user + $sys" | bc) $((rss / 1024))"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+for n in "$@"; do
+  for job in $jobs; do
+    sqldir=$(project "$job" "$n")
+    dir="$work/$job-$n"
+    : >"$dir/weir.txt"; : >"$dir/duck.txt"
+    for i in $(seq "$runs"); do
+      rm -rf "$dir/lake"
+      read -r wall cpu rss <<<"$(timed "$weir" run "$dir/jobs/job.toml" --quiet)"
+      echo "$wall $cpu $rss" >>"$dir/weir.txt"
+      echo "run $i  weir    job=$job events=$n wall=${wall}s cpu=${cpu}s cpu/M=$(echo "scale=2; $cpu * 1000000 / $n" | bc) peak_rss=${rss}MiB"
+      rm -rf "$dir/duck"
+      read -r wall cpu rss <<<"$(timed "$py" benches/duckdb_job.py "$dir" "$sqldir")"
+      echo "$wall $cpu $rss" >>"$dir/duck.txt"
+      echo "run $i  duckdb  job=$job events=$n wall=${wall}s cpu=${cpu}s cpu/M=$(echo "scale=2; $cpu * 1000000 / $n" | bc) peak_rss=${rss}MiB"
+    done
+    for who in weir duck; do
+      wall=$(cut -d' ' -f1 "$dir/$who.txt" | median)
+      cpu=$(cut -d' ' -f2 "$dir/$who.txt" | median)
+      rss=$(cut -d' ' -f3 "$dir/$who.txt" | median)
+      eval "${who}_eps=$(echo "$n / $wall" | bc)"
+      printf 'median %-6s job=%s events=%s wall=%ss events/s=%s cpu=%ss cpu-s/M=%s peak_rss=%sMiB\n' \
+        "$who" "$job" "$n" "$wall" "$(echo "$n / $wall" | bc)" "$cpu" "$(echo "scale=2; $cpu * 1000000 / $n" | bc)" "$rss"
+    done
+    echo "ratio  job=$job events=$n weir/duckdb events/s = $(echo "scale=2; $weir_eps / $duck_eps" | bc)"
+  done
+done

@@ -31,8 +31,9 @@ use crate::transform::{TransformError, Transforms};
 const CHUNK_RECORDS: usize = 8192;
 /// Bytes per source chunk at most.
 const CHUNK_BYTES: usize = 4 << 20;
-/// Chunks in flight between reader, decoder and batcher: with the batch itself, the memory bound.
-const CHANNEL_CHUNKS: usize = 16;
+/// Chunks in flight between reader, decoder and batcher: with the two batches (one gathering,
+/// one being written), the memory bound.
+const CHANNEL_CHUNKS: usize = 8;
 /// Chunks decoded in parallel.
 const DECODERS: usize = 2;
 /// How long `open` waits for a warehouse before leaving its preparation to its loader.
@@ -253,48 +254,58 @@ impl Pipeline {
             dec_tx,
         ));
 
+        // Batch N is transformed, written and committed on its own task while N+1 is read,
+        // decoded and gathered here: both cores stay busy, and at most two batches are held.
+        let policy = self.policy;
+        let mut lease_task = std::mem::take(&mut self.lease_task);
+        let mut worker = Worker::Idle(Box::new(self));
         tokio::pin!(shutdown);
         let mut stopping = false;
         let mut batch = Batch::default();
-        loop {
-            let deadline = batch.opened.map(|t| t + self.policy.max_age);
+        let lost = loop {
+            let deadline = batch.opened.map(|t| t + policy.max_age);
             tokio::select! {
                 chunk = decoded.recv() => match chunk {
                     Some(chunk) => {
-                        if batch.would_overflow(&self.policy, &chunk) {
-                            self.process(next, std::mem::take(&mut batch), false).await?;
+                        if batch.would_overflow(&policy, &chunk) {
+                            worker.submit(next, std::mem::take(&mut batch)).await?;
                             next += 1;
                         }
                         batch.push(chunk);
-                        if batch.is_due(&self.policy) {
-                            self.process(next, std::mem::take(&mut batch), false).await?;
+                        if batch.is_due(&policy) {
+                            worker.submit(next, std::mem::take(&mut batch)).await?;
                             next += 1;
                         }
                     }
-                    None => break,
+                    None => break None,
                 },
                 _ = sleep_until(deadline) => {
-                    self.process(next, std::mem::take(&mut batch), false).await?;
+                    worker.submit(next, std::mem::take(&mut batch)).await?;
                     next += 1;
                 }
+                done = worker.done(), if worker.is_busy() => done?,
                 _ = &mut shutdown => {
                     tracing::info!("stopping: committing the batch in hand");
                     stopping = true;
-                    break;
+                    break None;
                 }
-                Some(lost) = self.lease_task.join_next() => {
-                    tasks.abort_all();
-                    return Err(match lost {
-                        Ok(e) => e.into(),
-                        Err(e) => std::panic::resume_unwind(e.into_panic()),
-                    });
-                }
+                Some(lost) = lease_task.join_next() => break Some(lost),
             }
+        };
+        if let Some(lost) = lost {
+            tasks.abort_all();
+            worker.abort();
+            return Err(match lost {
+                Ok(e) => e.into(),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            });
         }
         drop(decoded);
         if !batch.is_empty() {
-            self.process(next, batch, false).await?;
+            worker.submit(next, batch).await?;
         }
+        let mut this = worker.finish().await?;
+        this.lease_task = lease_task;
         if stopping {
             // The source may be waiting on a quiet stream: stop it; the decoder then drains.
             tasks.abort_all();
@@ -306,25 +317,25 @@ impl Pipeline {
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
-        self.summary.elapsed = started.elapsed();
+        this.summary.elapsed = started.elapsed();
         if !stopping {
-            stopping = self.finish_loads(&mut shutdown).await?;
+            stopping = this.finish_loads(&mut shutdown).await?;
         }
-        self.summary.load_wait = started.elapsed() - self.summary.elapsed;
-        if let Some(loads) = self.loads.take() {
-            self.summary.loaded = loads
+        this.summary.load_wait = started.elapsed() - this.summary.elapsed;
+        if let Some(loads) = this.loads.take() {
+            this.summary.loaded = loads
                 .progress()
                 .into_iter()
                 .map(|(n, b)| (n.to_string(), b))
                 .collect();
             loads.stop().await;
         }
-        if !stopping && self.policy.compact_every > 0 {
-            self.compact().await?;
+        if !stopping && this.policy.compact_every > 0 {
+            this.compact().await?;
         }
-        self.lease_task.abort_all();
-        self.progress.finish_and_clear();
-        Ok(self.summary)
+        this.lease_task.abort_all();
+        this.progress.finish_and_clear();
+        Ok(this.summary)
     }
 
     /// Loads the checkpoint and replays a planned but uncommitted batch; returns the next batch id.
@@ -598,6 +609,63 @@ fn record_metrics(
     let freshness = metrics::histogram!("weir_freshness_seconds");
     for (arrived, _) in arrivals {
         freshness.record((now_ms - arrived).max(0) as f64 / 1e3);
+    }
+}
+
+/// The pipeline, idle or processing one batch on its own task.
+enum Worker {
+    Idle(Box<Pipeline>),
+    Busy(tokio::task::JoinHandle<(Box<Pipeline>, Result<(), PipelineError>)>),
+    /// Only while a task is being started or joined, or after `abort`.
+    Gone,
+}
+
+impl Worker {
+    fn is_busy(&self) -> bool {
+        matches!(self, Worker::Busy(_))
+    }
+
+    /// Waits for the batch in flight, then starts processing `batch` as batch `id`.
+    async fn submit(&mut self, id: u64, batch: Batch) -> Result<(), PipelineError> {
+        if self.is_busy() {
+            self.done().await?;
+        }
+        let Worker::Idle(mut pipeline) = std::mem::replace(self, Worker::Gone) else {
+            unreachable!("a worker is idle after done()");
+        };
+        *self = Worker::Busy(tokio::spawn(async move {
+            let r = pipeline.process(id, batch, false).await;
+            (pipeline, r)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight (cancel safe: the task keeps running if this is dropped).
+    async fn done(&mut self) -> Result<(), PipelineError> {
+        let Worker::Busy(task) = self else {
+            return Ok(());
+        };
+        let (pipeline, result) = task
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        *self = Worker::Idle(pipeline);
+        result
+    }
+
+    /// Waits for the batch in flight and hands the pipeline back.
+    async fn finish(mut self) -> Result<Pipeline, PipelineError> {
+        self.done().await?;
+        match self {
+            Worker::Idle(p) => Ok(*p),
+            _ => unreachable!("a worker is idle after done()"),
+        }
+    }
+
+    /// Stops the batch in flight (the lease is lost: it must not commit).
+    fn abort(&mut self) {
+        if let Worker::Busy(task) = self {
+            task.abort();
+        }
     }
 }
 

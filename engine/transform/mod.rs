@@ -208,6 +208,17 @@ impl Transforms {
                 batches,
             });
         }
+        // The batch and its outputs are only read within this run: free them now, not when the
+        // next batch replaces them (the session would otherwise hold a second batch).
+        let tables = std::iter::once((EVENTS, &self.events_schema))
+            .chain(outputs.iter().map(|o| (o.name.as_str(), &o.schema)));
+        for (name, schema) in tables {
+            self.replace_table(name, schema.clone(), Vec::new())
+                .map_err(|source| TransformError::Execute {
+                    file: name.into(),
+                    source,
+                })?;
+        }
         Ok(outputs)
     }
 

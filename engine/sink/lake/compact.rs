@@ -7,9 +7,19 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
 use object_store::ObjectStoreExt;
+use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::column::writer::ColumnCloseResult;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::writer::SerializedFileWriter;
+use tokio::io::AsyncWriteExt;
 
 use super::delta::{LiveFile, NewFile};
 use super::{Lake, in_table};
@@ -17,6 +27,9 @@ use crate::sink::SinkError;
 
 /// A partition is compacted once it holds at least this many small files.
 const MIN_FILES: usize = 4;
+/// Row groups at least this long are spliced into the merged file as they are; a merge holding a
+/// shorter one decodes and encodes its inputs again (small files of a quiet stream).
+const SPLICE_MIN_ROWS: i64 = 16_384;
 /// Vacuum (which lists a table's folder) at most this often.
 const VACUUM_EVERY: Duration = Duration::from_secs(3600);
 
@@ -31,7 +44,8 @@ pub struct Compacted {
 
 impl Lake {
     /// Merges small files of batches up to `loaded` in every partition of `tables`; vacuums the
-    /// tables when the last vacuum is older than an hour (`last_vacuum`).
+    /// tables when the last vacuum is older than an hour (`last_vacuum`). Tables are compacted
+    /// concurrently, and each table's partitions too, with one Delta commit per table.
     pub async fn compact(
         &self,
         job: &str,
@@ -39,43 +53,14 @@ impl Lake {
         tables: &[String],
         last_vacuum: &mut Option<Instant>,
     ) -> Result<Compacted, SinkError> {
+        let rounds = futures::future::try_join_all(
+            tables.iter().map(|t| self.compact_table(job, loaded, t)),
+        )
+        .await?;
         let mut done = Compacted::default();
-        for table in tables {
-            let target = self.spec(table).target_file_size;
-            let mut by_folder: BTreeMap<String, Vec<(u64, LiveFile)>> = BTreeMap::new();
-            for f in self.delta.live_files(table).await? {
-                let Some(batch) = batch_of(job, super::file_name(&f.path)) else {
-                    continue;
-                };
-                if batch <= loaded && f.bytes < target / 2 {
-                    let dir = f
-                        .path
-                        .rsplit_once('/')
-                        .map(|(d, _)| d.to_string())
-                        .unwrap_or_default();
-                    by_folder.entry(dir).or_default().push((batch, f));
-                }
-            }
-            for (dir, mut small) in by_folder {
-                if small.len() < MIN_FILES {
-                    continue;
-                }
-                small.sort_by(|a, b| a.1.path.cmp(&b.1.path));
-                // Merge about one target file's worth at a time: memory stays bounded.
-                let mut total = 0;
-                small.retain(|(_, f)| {
-                    total += f.bytes;
-                    total <= target
-                });
-                if small.len() < MIN_FILES {
-                    continue;
-                }
-                let n = small.len() as u64;
-                if self.merge(job, table, &dir, &small, target).await? {
-                    done.merged += n;
-                    done.written += 1;
-                }
-            }
+        for r in rounds {
+            done.merged += r.merged;
+            done.written += r.written;
         }
         if last_vacuum.is_none_or(|t| t.elapsed() >= VACUUM_EVERY) {
             for table in tables {
@@ -86,80 +71,345 @@ impl Lake {
         Ok(done)
     }
 
-    /// Merges `inputs` of one partition folder; false when their schemas differ (left as they are).
+    async fn compact_table(
+        &self,
+        job: &str,
+        loaded: u64,
+        table: &str,
+    ) -> Result<Compacted, SinkError> {
+        let target = self.spec(table).target_file_size;
+        let mut by_folder: BTreeMap<String, Vec<(u64, LiveFile)>> = BTreeMap::new();
+        for f in self.delta.live_files(table).await? {
+            let Some(batch) = batch_of(job, super::file_name(&f.path)) else {
+                continue;
+            };
+            if batch <= loaded && f.bytes < target / 2 {
+                let dir = f
+                    .path
+                    .rsplit_once('/')
+                    .map(|(d, _)| d.to_string())
+                    .unwrap_or_default();
+                by_folder.entry(dir).or_default().push((batch, f));
+            }
+        }
+        let mut groups = Vec::new();
+        for (dir, mut small) in by_folder {
+            if small.len() < MIN_FILES {
+                continue;
+            }
+            small.sort_by(|a, b| a.1.path.cmp(&b.1.path));
+            // Merge about one target file's worth at a time: memory stays bounded.
+            let mut total = 0;
+            small.retain(|(_, f)| {
+                total += f.bytes;
+                total <= target
+            });
+            if small.len() >= MIN_FILES {
+                groups.push((dir, small));
+            }
+        }
+        let merged = futures::future::try_join_all(
+            groups
+                .iter()
+                .map(|(dir, small)| self.merge(job, table, dir, small)),
+        )
+        .await?;
+        let mut done = Compacted::default();
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        for ((_, small), m) in groups.iter().zip(merged) {
+            if let Some(file) = m {
+                done.merged += small.len() as u64;
+                done.written += 1;
+                removed.extend(small.iter().map(|(_, f)| f.clone()));
+                added.push(file);
+            }
+        }
+        if !added.is_empty() {
+            self.delta.rewrite(table, &removed, &added, target).await?;
+            tracing::debug!(
+                table,
+                merged = done.merged,
+                into = done.written,
+                "compacted"
+            );
+        }
+        Ok(done)
+    }
+
+    /// Merges `inputs` of one partition folder into one new file, not yet committed; None when
+    /// their schemas differ (left as they are). Files whose row groups are big enough are spliced
+    /// together as they are (their encoded column chunks copied byte for byte, nothing decoded);
+    /// smaller ones are decoded and encoded again into full row groups, one file at a time.
     async fn merge(
         &self,
         job: &str,
         table: &str,
         dir: &str,
         inputs: &[(u64, LiveFile)],
-        target: u64,
-    ) -> Result<bool, SinkError> {
-        let mut rows: Vec<RecordBatch> = Vec::new();
+    ) -> Result<Option<NewFile>, SinkError> {
+        let mut footers = Vec::with_capacity(inputs.len());
         for (_, f) in inputs {
-            let relative = format!("{table}/{}", f.path);
-            let at = self.path(&relative);
-            let store_err = |source| SinkError::Store {
-                path: relative.clone(),
-                source,
-            };
-            let bytes = self
-                .store()
-                .get(&at)
-                .await
-                .map_err(store_err)?
-                .bytes()
-                .await
-                .map_err(store_err)?;
-            let parquet_err = |source| SinkError::Parquet {
-                path: relative.clone(),
-                source,
-            };
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .map_err(parquet_err)?
-                .build()
-                .map_err(parquet_err)?;
-            for b in reader {
-                rows.push(b.map_err(|source| SinkError::Arrow {
-                    table: table.to_string(),
-                    source,
-                })?);
-            }
+            footers.push(self.footer(table, f).await?);
         }
-        let Some(schema) = rows.first().map(|b| b.schema()) else {
-            return Ok(false);
-        };
-        if rows.iter().any(|b| b.schema() != schema) {
-            return Ok(false);
+        let schema = footers[0].file_metadata().schema_descr();
+        if footers
+            .iter()
+            .any(|m| m.file_metadata().schema_descr().root_schema() != schema.root_schema())
+        {
+            return Ok(None);
         }
         let last = inputs.iter().map(|(b, _)| *b).max().unwrap_or_default();
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        let prefix = format!("{job}-c{last:010}-{}", &unique[..12]);
+        let relative = format!(
+            "{}/{job}-c{last:010}-{}-000.parquet",
+            folder(table, dir),
+            &unique[..12]
+        );
+        let splice = footers
+            .iter()
+            .flat_map(|m| m.row_groups())
+            .all(|rg| rg.num_rows() >= SPLICE_MIN_ROWS);
+        let rows = if splice {
+            self.splice(table, &relative, inputs, &footers).await?
+        } else {
+            self.reencode(table, &relative, inputs).await?
+        };
+        let bytes = self.size_of(&relative).await?;
         let partition_values = inputs[0]
             .1
             .remove
             .partition_values
             .clone()
             .unwrap_or_default();
-        let written = self
-            .write_files(table, dir, &prefix, &schema, &rows, target)
-            .await?;
-        let added: Vec<NewFile> = written
-            .iter()
-            .map(|f| NewFile {
-                path: in_table(table, &f.path),
-                partition_values: partition_values
+        tracing::debug!(table, dir, inputs = inputs.len(), splice, "merged");
+        Ok(Some(NewFile {
+            path: in_table(table, &relative),
+            partition_values: partition_values.into_iter().collect(),
+            bytes,
+            rows,
+        }))
+    }
+
+    /// The Parquet footer of a live file (two ranged reads: its length, then the footer).
+    async fn footer(&self, table: &str, f: &LiveFile) -> Result<Arc<ParquetMetaData>, SinkError> {
+        let relative = format!("{table}/{}", f.path);
+        let at = self.path(&relative);
+        let store_err = |source| SinkError::Store {
+            path: relative.clone(),
+            source,
+        };
+        let parquet_err = |source| SinkError::Parquet {
+            path: relative.clone(),
+            source,
+        };
+        let size = f.bytes;
+        let tail = self
+            .store()
+            .get_range(&at, size.saturating_sub(8)..size)
+            .await
+            .map_err(store_err)?;
+        if tail.len() < 8 || &tail[4..] != b"PAR1" {
+            return Err(parquet_err(ParquetError::General(
+                "not a Parquet file (no PAR1 footer)".into(),
+            )));
+        }
+        let len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64 + 8;
+        let start = size.saturating_sub(len);
+        let bytes = self
+            .store()
+            .get_range(&at, start..size)
+            .await
+            .map_err(store_err)?;
+        ParquetMetaDataReader::new()
+            .parse_and_finish(&FileSlice { start, bytes })
+            .map(Arc::new)
+            .map_err(parquet_err)
+    }
+
+    /// Writes the row groups of `inputs` into one new file without decoding them: each row
+    /// group's bytes are read (one at a time) and its column chunks appended as they are.
+    async fn splice(
+        &self,
+        table: &str,
+        relative: &str,
+        inputs: &[(u64, LiveFile)],
+        footers: &[Arc<ParquetMetaData>],
+    ) -> Result<u64, SinkError> {
+        let err = |source| SinkError::Parquet {
+            path: relative.to_string(),
+            source,
+        };
+        let first = footers[0].file_metadata();
+        let props = super::writer_properties_builder()
+            .set_key_value_metadata(first.key_value_metadata().cloned())
+            .build();
+        let mut writer = SerializedFileWriter::new(
+            Vec::new(),
+            first.schema_descr().root_schema_ptr(),
+            Arc::new(props),
+        )
+        .map_err(err)?;
+        let mut out = BufWriter::new(self.store(), self.path(relative));
+        let mut rows = 0u64;
+        for ((_, f), footer) in inputs.iter().zip(footers) {
+            let input = format!("{table}/{}", f.path);
+            for rg in footer.row_groups() {
+                let (start, end) = rg
+                    .columns()
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                bytes: f.bytes,
-                rows: f.rows,
-            })
-            .collect();
-        let removed: Vec<LiveFile> = inputs.iter().map(|(_, f)| f.clone()).collect();
-        self.delta.rewrite(table, &removed, &added, target).await?;
-        tracing::debug!(table, dir, inputs = inputs.len(), "compacted");
-        Ok(true)
+                    .map(|c| c.byte_range())
+                    .fold((u64::MAX, 0), |(s, e), (o, l)| (s.min(o), e.max(o + l)));
+                let bytes = self
+                    .store()
+                    .get_range(&self.path(&input), start..end)
+                    .await
+                    .map_err(|source| SinkError::Store {
+                        path: input.clone(),
+                        source,
+                    })?;
+                let chunk = FileSlice { start, bytes };
+                let mut group = writer.next_row_group().map_err(err)?;
+                for column in rg.columns() {
+                    let close = ColumnCloseResult {
+                        bytes_written: column.compressed_size() as u64,
+                        rows_written: rg.num_rows() as u64,
+                        metadata: column.clone(),
+                        bloom_filter: None,
+                        column_index: None,
+                        offset_index: None,
+                    };
+                    group.append_column(&chunk, close).map_err(err)?;
+                }
+                group.close().map_err(err)?;
+                rows += rg.num_rows() as u64;
+                writer.flush().map_err(|e| err(e.into()))?;
+                let done = std::mem::take(writer.inner_mut());
+                out.write_all(&done)
+                    .await
+                    .map_err(|e| err(ParquetError::External(Box::new(e))))?;
+            }
+        }
+        let tail = writer.into_inner().map_err(err)?;
+        out.write_all(&tail)
+            .await
+            .map_err(|e| err(ParquetError::External(Box::new(e))))?;
+        out.shutdown()
+            .await
+            .map_err(|e| err(ParquetError::External(Box::new(e))))?;
+        Ok(rows)
+    }
+
+    /// Decodes `inputs` one file at a time into one new file of full row groups.
+    async fn reencode(
+        &self,
+        table: &str,
+        relative: &str,
+        inputs: &[(u64, LiveFile)],
+    ) -> Result<u64, SinkError> {
+        let err = |source| SinkError::Parquet {
+            path: relative.to_string(),
+            source,
+        };
+        let mut writer: Option<AsyncArrowWriter<BufWriter>> = None;
+        let mut rows = 0u64;
+        for (_, f) in inputs {
+            let input = format!("{table}/{}", f.path);
+            let bytes = self
+                .store()
+                .get(&self.path(&input))
+                .await
+                .map_err(|source| SinkError::Store {
+                    path: input.clone(),
+                    source,
+                })?
+                .bytes()
+                .await
+                .map_err(|source| SinkError::Store {
+                    path: input.clone(),
+                    source,
+                })?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .map_err(err)?
+                .build()
+                .map_err(err)?;
+            for batch in reader {
+                let batch = batch.map_err(|e| err(e.into()))?;
+                let w = match &mut writer {
+                    Some(w) => w,
+                    None => writer.insert(
+                        AsyncArrowWriter::try_new(
+                            BufWriter::new(self.store(), self.path(relative)),
+                            batch.schema(),
+                            Some(super::writer_properties()),
+                        )
+                        .map_err(err)?,
+                    ),
+                };
+                rows += batch.num_rows() as u64;
+                w.write(&batch).await.map_err(err)?;
+            }
+        }
+        if let Some(w) = writer {
+            w.close().await.map_err(err)?;
+        }
+        Ok(rows)
+    }
+
+    /// The size of a file written under the lake root.
+    async fn size_of(&self, relative: &str) -> Result<u64, SinkError> {
+        Ok(self
+            .store()
+            .head(&self.path(relative))
+            .await
+            .map_err(|source| SinkError::Store {
+                path: relative.to_string(),
+                source,
+            })?
+            .size)
+    }
+}
+
+/// A table's partition folder, relative to the lake root.
+fn folder(table: &str, dir: &str) -> String {
+    if dir.is_empty() {
+        table.to_string()
+    } else {
+        format!("{table}/{dir}")
+    }
+}
+
+/// The bytes of one row group of a file, read at the file offsets its footer names.
+struct FileSlice {
+    start: u64,
+    bytes: Bytes,
+}
+
+impl Length for FileSlice {
+    fn len(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+impl ChunkReader for FileSlice {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(self
+            .get_bytes(start, (self.len() - start) as usize)?
+            .reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let at = start
+            .checked_sub(self.start)
+            .map(|a| a as usize)
+            .filter(|a| a + length <= self.bytes.len())
+            .ok_or_else(|| {
+                ParquetError::General(format!(
+                    "bytes {start}..+{length} are outside the row group read"
+                ))
+            })?;
+        Ok(self.bytes.slice(at..at + length))
     }
 }
 
@@ -177,6 +427,100 @@ pub fn batch_of(job: &str, file: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::Job;
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+    fn job(dir: &std::path::Path) -> Job {
+        std::fs::create_dir_all(dir.join("jobs")).unwrap();
+        std::fs::create_dir_all(dir.join("sql/j")).unwrap();
+        std::fs::write(dir.join("sql/j/t.sql"), "select 1 as v").unwrap();
+        let text = "name = \"j\"\ntransforms = \"sql/j\"\n[input]\nformat = \"json\"\n[input.schema]\nv = \"bigint\"\n[targets.local]\nsource = { kind = \"files\", path = \"data\" }\nlake = \"lake\"\n";
+        Job::parse(&dir.join("jobs/j.toml"), text).unwrap()
+    }
+
+    fn rows(schema: &SchemaRef, from: i64, n: i64) -> RecordBatch {
+        let v: Vec<i64> = (from..from + n).collect();
+        let s: Vec<String> = v.iter().map(|i| format!("row {i}")).collect();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(v)),
+                Arc::new(StringArray::from(s)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Writes `batches` batches of `per_batch` rows, compacts, and returns the one live file's
+    /// row groups and rows (in order).
+    async fn compacted(per_batch: i64, batches: u64) -> (usize, Vec<i64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let job = job(dir.path());
+        let lake = Lake::open(&dir.path().join("lake").display().to_string(), &job)
+            .await
+            .unwrap();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        lake.prepare(&[("t".into(), schema.clone())]).await.unwrap();
+        for b in 1..=batches {
+            let first = (b as i64 - 1) * per_batch;
+            lake.write_table(
+                "j",
+                b,
+                "t",
+                &schema,
+                &[rows(&schema, first, per_batch)],
+                false,
+            )
+            .await
+            .unwrap();
+        }
+        let done = lake
+            .compact("j", batches, &["t".to_string()], &mut Some(Instant::now()))
+            .await
+            .unwrap();
+        assert_eq!((done.merged, done.written), (batches, 1));
+        let live = lake.delta.live_files("t").await.unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].rows, Some(batches * per_batch as u64));
+        let file = std::fs::File::open(dir.path().join("lake/t").join(&live[0].path)).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), live[0].bytes);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let groups = reader.metadata().num_row_groups();
+        assert_eq!(
+            reader.schema().fields(),
+            schema.fields(),
+            "the Arrow schema is kept"
+        );
+        let mut values = Vec::new();
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            let v = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let s = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..b.num_rows() {
+                assert_eq!(s.value(i), format!("row {}", v.value(i)));
+                values.push(v.value(i));
+            }
+        }
+        (groups, values)
+    }
+
+    #[tokio::test]
+    async fn big_row_groups_are_spliced_as_they_are() {
+        let (groups, values) = compacted(SPLICE_MIN_ROWS, 4).await;
+        assert_eq!(groups, 4, "one row group per input file, copied");
+        assert_eq!(values, (0..4 * SPLICE_MIN_ROWS).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn small_files_are_encoded_again_into_one_row_group() {
+        let (groups, values) = compacted(100, 5).await;
+        assert_eq!(groups, 1);
+        assert_eq!(values, (0..500).collect::<Vec<_>>());
+    }
 
     #[test]
     fn batch_numbers_from_names() {

@@ -6,6 +6,7 @@
 mod compact;
 pub mod dead_letters;
 pub mod delta;
+mod encode;
 pub mod layout;
 mod migrate;
 pub mod partition;
@@ -19,9 +20,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use compact::{Compacted, batch_of};
@@ -32,9 +32,13 @@ use super::{BatchOutput, Sink, SinkError, WrittenFile};
 use crate::job::{Job, OutputSpec};
 use crate::storage::{Location, StorageError};
 use delta::{DeltaLake, NewFile};
+use encode::ParquetFile;
 
-/// zstd level of every Parquet file.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level of every Parquet file. Level 1 against 3, measured on the land-every-event job: 0.5
+/// CPU-s less per 2M events, and files 2% smaller (the columns are mostly dictionary-encoded).
+const ZSTD_LEVEL: i32 = 1;
+/// Rows per Parquet row group at most (a batch's rows of one partition are one row group below).
+const ROW_GROUP_ROWS: usize = 1 << 20;
 
 /// A lake's identity, created with the lake: ledgers and load job ids include it, so a new lake
 /// loads again and an old one never loads twice.
@@ -272,8 +276,9 @@ impl Lake {
             .collect())
     }
 
-    /// Writes `rows` into `<table>/<dir>` as `<prefix>-<n>.parquet`, a new file past `target`
-    /// bytes. Returns paths relative to the lake root.
+    /// Writes `rows` into `<table>/<dir>` as `<prefix>-<n>.parquet`, a new file when the next
+    /// rows would take it past `target` bytes (estimated from the file's compression so far).
+    /// Returns paths relative to the lake root.
     async fn write_files(
         &self,
         table: &str,
@@ -289,44 +294,118 @@ impl Lake {
             format!("{table}/{dir}")
         };
         let mut files = Vec::new();
-        let mut rest = rows.iter().peekable();
-        while rest.peek().is_some() {
-            let relative = format!("{folder}/{prefix}-{:03}.parquet", files.len());
-            let path = self.path(&relative);
-            let err = |source| SinkError::Parquet {
-                path: relative.clone(),
-                source,
-            };
-            let object = object_store::buffered::BufWriter::new(self.store(), path.clone());
-            let mut writer =
-                AsyncArrowWriter::try_new(object, schema.clone(), Some(writer_properties()))
-                    .map_err(err)?;
-            let mut count = 0u64;
-            while let Some(b) = rest.next_if(|_| {
-                count == 0 || ((writer.bytes_written() + writer.in_progress_size()) as u64) < target
-            }) {
-                writer.write(b).await.map_err(err)?;
-                count += b.num_rows() as u64;
+        let mut open: Option<(String, ParquetFile)> = None;
+        let mut group = RowGroup::default();
+        // Encoded bytes per in-memory byte, learnt from the row groups written so far.
+        let mut ratio = 1.0f64;
+        for b in rows {
+            let next = slice_size(b);
+            let full = open.as_ref().is_some_and(|(_, f)| {
+                let ahead = ((group.memory + next) as f64 * ratio) as u64;
+                !(f.is_empty() && group.is_empty()) && f.bytes_written() + ahead >= target
+            });
+            if full {
+                let (relative, mut file) = open.take().expect("open");
+                ratio = group.flush(&mut file, &relative, ratio).await?;
+                files.push(close(table, relative, file).await?);
             }
-            writer.close().await.map_err(err)?;
-            let bytes = self
-                .store()
-                .head(&path)
-                .await
-                .map_err(|source| SinkError::Store {
+            if open.is_none() {
+                let relative = format!("{folder}/{prefix}-{:03}.parquet", files.len());
+                let file = ParquetFile::create(
+                    self.store(),
+                    self.path(&relative),
+                    schema.clone(),
+                    writer_properties(),
+                )
+                .map_err(|source| SinkError::Parquet {
                     path: relative.clone(),
                     source,
-                })?
-                .size;
-            files.push(WrittenFile {
-                table: table.to_string(),
-                path: relative,
-                rows: count,
-                bytes,
-            });
+                })?;
+                open = Some((relative, file));
+            }
+            group.push(b.clone(), next);
+            if group.rows >= ROW_GROUP_ROWS {
+                let (relative, file) = open.as_mut().expect("open");
+                ratio = group.flush(file, relative, ratio).await?;
+            }
+        }
+        if let Some((relative, mut file)) = open {
+            group.flush(&mut file, &relative, ratio).await?;
+            files.push(close(table, relative, file).await?);
         }
         Ok(files)
     }
+}
+
+/// The bytes of a batch's rows (not of the buffers it may share with other slices, as an
+/// aggregate's output slices do).
+fn slice_size(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
+/// Rows gathered for the next row group.
+#[derive(Default)]
+struct RowGroup {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    memory: usize,
+}
+
+impl RowGroup {
+    fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    fn push(&mut self, batch: RecordBatch, memory: usize) {
+        self.rows += batch.num_rows();
+        self.memory += memory;
+        self.batches.push(batch);
+    }
+
+    /// Writes the rows as one row group of `file`; returns the encoded-to-memory size ratio.
+    async fn flush(
+        &mut self,
+        file: &mut ParquetFile,
+        relative: &str,
+        ratio: f64,
+    ) -> Result<f64, SinkError> {
+        if self.is_empty() {
+            return Ok(ratio);
+        }
+        let before = file.bytes_written();
+        file.write_row_group(&self.batches)
+            .await
+            .map_err(|source| SinkError::Parquet {
+                path: relative.to_string(),
+                source,
+            })?;
+        let ratio = (file.bytes_written() - before) as f64 / self.memory.max(1) as f64;
+        *self = Self::default();
+        Ok(ratio)
+    }
+}
+
+/// Completes a file and describes it.
+async fn close(table: &str, relative: String, file: ParquetFile) -> Result<WrittenFile, SinkError> {
+    let rows = file.rows();
+    let bytes = file.close().await.map_err(|source| SinkError::Parquet {
+        path: relative.clone(),
+        source,
+    })?;
+    Ok(WrittenFile {
+        table: table.to_string(),
+        path: relative,
+        rows,
+        bytes,
+    })
 }
 
 /// Reads the lake's identity; when there is none and `create` is given, creates it with that id
@@ -400,12 +479,15 @@ pub fn batch_prefix(job: &str, batch: u64) -> String {
 
 /// Parquet settings for every file: zstd, statistics on, a recognisable writer name.
 pub fn writer_properties() -> WriterProperties {
+    writer_properties_builder().build()
+}
+
+fn writer_properties_builder() -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
         ))
         .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 #[async_trait]
@@ -457,6 +539,47 @@ mod tests {
         std::fs::write(dir.join("sql/j/t.sql"), "select 1 as v").unwrap();
         let text = "name = \"j\"\ntransforms = \"sql/j\"\n[input]\nformat = \"json\"\n[input.schema]\nv = \"bigint\"\n[outputs.t]\ntarget_file_size = \"1B\"\n[targets.local]\nsource = { kind = \"files\", path = \"data\" }\nlake = \"lake\"\n";
         Job::parse(&dir.join("jobs/j.toml"), text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn slices_of_one_array_fill_one_file_of_one_row_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut job = job(dir.path());
+        job.outputs.get_mut("t").unwrap().target_file_size = 1 << 20;
+        let lake = Lake::open(&dir.path().join("lake").display().to_string(), &job)
+            .await
+            .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        lake.prepare(&[("t".into(), schema.clone())]).await.unwrap();
+        // An aggregate emits its result as slices of one large array: 100 slices of 8 bytes per
+        // row are 80 KB of rows, though each slice shares the whole 8 MB buffer.
+        let all = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..1_000_000))],
+        )
+        .unwrap();
+        let slices: Vec<RecordBatch> = (0..100).map(|i| all.slice(i * 100, 100)).collect();
+        let files = lake
+            .write_table("j", 1, "t", &schema, &slices, false)
+            .await
+            .unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].rows, 10_000);
+        let file = std::fs::File::open(dir.path().join("lake").join(&files[0].path)).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), files[0].bytes);
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        assert_eq!(reader.metadata().num_row_groups(), 1);
+        let read: Vec<i64> = reader
+            .build()
+            .unwrap()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let v = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                v.values().to_vec()
+            })
+            .collect();
+        assert_eq!(read, (0..10_000).collect::<Vec<_>>());
     }
 
     #[tokio::test]

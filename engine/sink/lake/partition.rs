@@ -1,10 +1,11 @@
 //! Hive partitioning: split rows by partition column values into `col=value/` folders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::error::ArrowError;
+use arrow::row::{Row, RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// The folder Hive (and Glue, Athena, Spark) use for NULL partition values.
@@ -27,14 +28,26 @@ pub fn split(
                 .ok_or_else(|| ArrowError::SchemaError(format!("no partition column {c}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Group rows by their values in the row format (hashing bytes, not formatting every row);
+    // only each group's first row is formatted into its folder name.
+    let converter = RowConverter::new(
+        arrays
+            .iter()
+            .map(|a| SortField::new(a.data_type().clone()))
+            .collect(),
+    )?;
+    let keys =
+        converter.convert_columns(&arrays.iter().map(|a| (*a).clone()).collect::<Vec<_>>())?;
+    let mut groups: HashMap<Row<'_>, Vec<u32>> = HashMap::new();
+    for row in 0..batch.num_rows() {
+        groups.entry(keys.row(row)).or_default().push(row as u32);
+    }
     let formatters = arrays
         .iter()
         .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let mut key = String::new();
-    for row in 0..batch.num_rows() {
-        key.clear();
+    let folder = |row: usize| {
+        let mut key = String::new();
         for (i, (name, f)) in columns.iter().zip(&formatters).enumerate() {
             if i > 0 {
                 key.push('/');
@@ -43,20 +56,23 @@ pub fn split(
             key.push('=');
             key.push_str(&escape(&f.value(row).to_string()));
         }
-        match groups.get_mut(&key) {
-            Some(rows) => rows.push(row as u32),
-            None => {
-                groups.insert(key.clone(), vec![row as u32]);
-            }
-        }
-    }
+        key
+    };
     if groups.len() == 1 {
-        let (k, _) = groups.pop_first().expect("one group");
-        return Ok(BTreeMap::from([(k, batch.clone())]));
+        return Ok(BTreeMap::from([(folder(0), batch.clone())]));
     }
-    groups
+    // Different values can name the same folder (a NULL and the string Hive uses for it).
+    let mut folders: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for rows in groups.into_values() {
+        let into = folders.entry(folder(rows[0] as usize)).or_default();
+        into.extend(rows);
+    }
+    folders
         .into_iter()
-        .map(|(k, rows)| Ok((k, take_record_batch(batch, &UInt32Array::from(rows))?)))
+        .map(|(key, mut rows)| {
+            rows.sort_unstable();
+            Ok((key, take_record_batch(batch, &UInt32Array::from(rows))?))
+        })
         .collect()
 }
 
