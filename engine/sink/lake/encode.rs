@@ -98,6 +98,9 @@ fn external(e: std::io::Error) -> ParquetError {
     ParquetError::External(Box::new(e))
 }
 
+/// A column's writer and the leaves it encodes.
+type Job = (ArrowColumnWriter, Vec<ArrowLeafColumn>);
+
 /// Encodes each leaf column of `batches` with its writer, the largest columns first, on as many
 /// threads as there are cores; returns the chunks in column order.
 fn encode(
@@ -119,7 +122,7 @@ fn encode(
     }
     let mut order: Vec<usize> = (0..writers.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(cost[i]));
-    let jobs: Vec<Mutex<Option<(ArrowColumnWriter, Vec<ArrowLeafColumn>)>>> = writers
+    let jobs: Vec<Mutex<Option<Job>>> = writers
         .into_iter()
         .zip(leaves)
         .map(|job| Mutex::new(Some(job)))

@@ -184,14 +184,14 @@ impl Lake {
 
     /// Creates each output's Delta table (and `_dead_letters`) if missing, or evolves it: a new
     /// column is added; a changed or dropped one stops the run before any data moves.
+    /// The tables are opened (or created) concurrently: each is a few reads and writes of its log.
     pub async fn prepare(&self, tables: &[(String, SchemaRef)]) -> Result<(), SinkError> {
-        for (name, schema) in tables {
-            let spec = self.spec(name).clone();
-            self.delta.ensure(name, schema, &spec.partition_by).await?;
-        }
-        self.delta
-            .ensure(DEAD_LETTERS, &dead_letters::schema(), &[])
-            .await?;
+        let dead = (DEAD_LETTERS.to_string(), dead_letters::schema());
+        futures::future::try_join_all(tables.iter().chain([&dead]).map(|(name, schema)| {
+            self.delta
+                .ensure(name, schema, &self.spec(name).partition_by)
+        }))
+        .await?;
         Ok(())
     }
 
@@ -492,17 +492,11 @@ fn writer_properties_builder() -> WriterPropertiesBuilder {
 
 #[async_trait]
 impl Sink for Lake {
+    /// The tables are written and committed concurrently (each its own Delta commit).
     async fn write(&self, out: &BatchOutput<'_>) -> Result<Vec<WrittenFile>, SinkError> {
-        let mut files = Vec::new();
-        for t in out.tables {
-            files.extend(
-                self.write_table(
-                    out.job, out.batch, &t.name, &t.schema, &t.batches, out.replay,
-                )
-                .await?,
-            );
-        }
-        if !out.dead_letters.is_empty() {
+        let dead = if out.dead_letters.is_empty() {
+            None
+        } else {
             let batch =
                 dead_letters::to_batch(out.job, out.batch, out.dead_letters).map_err(|source| {
                     SinkError::Arrow {
@@ -510,19 +504,21 @@ impl Sink for Lake {
                         source,
                     }
                 })?;
-            files.extend(
-                self.write_table(
-                    out.job,
-                    out.batch,
-                    DEAD_LETTERS,
-                    &batch.schema(),
-                    &[batch],
-                    out.replay,
-                )
-                .await?,
+            Some((batch.schema(), vec![batch]))
+        };
+        let tables = out
+            .tables
+            .iter()
+            .map(|t| (t.name.as_str(), &t.schema, t.batches.as_slice()))
+            .chain(
+                dead.iter()
+                    .map(|(schema, rows)| (DEAD_LETTERS, schema, rows.as_slice())),
             );
-        }
-        Ok(files)
+        let written = futures::future::try_join_all(tables.map(|(name, schema, rows)| {
+            self.write_table(out.job, out.batch, name, schema, rows, out.replay)
+        }))
+        .await?;
+        Ok(written.into_iter().flatten().collect())
     }
 }
 
