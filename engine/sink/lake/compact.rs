@@ -78,7 +78,7 @@ impl Lake {
         table: &str,
     ) -> Result<Compacted, SinkError> {
         let target = self.spec(table).target_file_size;
-        let mut by_folder: BTreeMap<String, Vec<(u64, LiveFile)>> = BTreeMap::new();
+        let mut by_folder: BTreeMap<(String, bool), Vec<(u64, LiveFile)>> = BTreeMap::new();
         for f in self.delta.live_files(table).await? {
             let Some(batch) = batch_of(job, super::file_name(&f.path)) else {
                 continue;
@@ -89,11 +89,15 @@ impl Lake {
                     .rsplit_once('/')
                     .map(|(d, _)| d.to_string())
                     .unwrap_or_default();
-                by_folder.entry(dir).or_default().push((batch, f));
+                // Files of few rows (a quiet stream's, or a batch's sliver of a new day) are
+                // merged among themselves: a merge that holds one of them encodes everything again,
+                // one that does not is spliced.
+                let few = f.rows.is_some_and(|r| r < SPLICE_MIN_ROWS as u64);
+                by_folder.entry((dir, few)).or_default().push((batch, f));
             }
         }
         let mut groups = Vec::new();
-        for (dir, mut small) in by_folder {
+        for ((dir, _), mut small) in by_folder {
             if small.len() < MIN_FILES {
                 continue;
             }
