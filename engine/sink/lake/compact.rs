@@ -435,12 +435,11 @@ mod tests {
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+    /// The lake module's test job, with the default target file size.
     fn job(dir: &std::path::Path) -> Job {
-        std::fs::create_dir_all(dir.join("jobs")).unwrap();
-        std::fs::create_dir_all(dir.join("sql/j")).unwrap();
-        std::fs::write(dir.join("sql/j/t.sql"), "select 1 as v").unwrap();
-        let text = "name = \"j\"\ntransforms = \"sql/j\"\n[input]\nformat = \"json\"\n[input.schema]\nv = \"bigint\"\n[targets.local]\nsource = { kind = \"files\", path = \"data\" }\nlake = \"lake\"\n";
-        Job::parse(&dir.join("jobs/j.toml"), text).unwrap()
+        let mut job = super::super::tests::job(dir);
+        job.outputs.get_mut("t").expect("output t").target_file_size = 128 << 20;
+        job
     }
 
     fn rows(schema: &SchemaRef, from: i64, n: i64) -> RecordBatch {

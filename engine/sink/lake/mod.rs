@@ -523,13 +523,13 @@ impl Sink for Lake {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::job::Job;
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
 
-    fn job(dir: &std::path::Path) -> Job {
+    pub(super) fn job(dir: &std::path::Path) -> Job {
         std::fs::create_dir_all(dir.join("jobs")).unwrap();
         std::fs::create_dir_all(dir.join("sql/j")).unwrap();
         std::fs::write(dir.join("sql/j/t.sql"), "select 1 as v").unwrap();
