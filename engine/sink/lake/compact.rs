@@ -22,6 +22,7 @@ use parquet::file::writer::SerializedFileWriter;
 use tokio::io::AsyncWriteExt;
 
 use super::delta::{LiveFile, NewFile};
+use super::encode::external;
 use super::{Lake, in_table};
 use crate::sink::SinkError;
 
@@ -288,18 +289,12 @@ impl Lake {
                 rows += rg.num_rows() as u64;
                 writer.flush().map_err(|e| err(e.into()))?;
                 let done = std::mem::take(writer.inner_mut());
-                out.write_all(&done)
-                    .await
-                    .map_err(|e| err(ParquetError::External(Box::new(e))))?;
+                out.write_all(&done).await.map_err(|e| err(external(e)))?;
             }
         }
         let tail = writer.into_inner().map_err(err)?;
-        out.write_all(&tail)
-            .await
-            .map_err(|e| err(ParquetError::External(Box::new(e))))?;
-        out.shutdown()
-            .await
-            .map_err(|e| err(ParquetError::External(Box::new(e))))?;
+        out.write_all(&tail).await.map_err(|e| err(external(e)))?;
+        out.shutdown().await.map_err(|e| err(external(e)))?;
         Ok(rows)
     }
 

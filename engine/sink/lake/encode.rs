@@ -83,10 +83,8 @@ impl ParquetFile {
 
     /// Writes the footer and completes the upload; returns the file's size.
     pub async fn close(mut self) -> Result<u64> {
-        let size = {
-            self.writer.finish()?;
-            self.writer.bytes_written() as u64
-        };
+        self.writer.finish()?;
+        let size = self.writer.bytes_written() as u64;
         let tail = std::mem::take(self.writer.inner_mut());
         self.out.write_all(&tail).await.map_err(external)?;
         self.out.shutdown().await.map_err(external)?;
@@ -94,7 +92,8 @@ impl ParquetFile {
     }
 }
 
-fn external(e: std::io::Error) -> ParquetError {
+/// An I/O error of the upload, as the Parquet writer's error.
+pub(super) fn external(e: std::io::Error) -> ParquetError {
     ParquetError::External(Box::new(e))
 }
 
