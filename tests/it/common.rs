@@ -213,3 +213,29 @@ pub fn raw_events(root: &Path) -> String {
         root.display()
     )
 }
+
+/// The JSON entries of one of a job's state folders (`commits`, `plans`, ...), read while a run
+/// may be writing them: object_store writes `NAME.json#N` and links it to `NAME.json` when done,
+/// and trims old entries, so only whole `.json` files count and one gone meanwhile is skipped.
+pub fn state_entries(dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            if path.extension()? != "json" {
+                return None;
+            }
+            match std::fs::read(&path) {
+                Ok(body) => {
+                    Some(serde_json::from_slice(&body).unwrap_or_else(|err| {
+                        panic!("{} is not whole JSON: {err}", path.display())
+                    }))
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => panic!("{}: {err}", path.display()),
+            }
+        })
+        .collect()
+}

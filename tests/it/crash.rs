@@ -41,9 +41,7 @@ fn assert_exactly_once(p: &Project) {
 
 /// Number of files in the job's `plans` or `commits` folder.
 fn count(p: &Project, what: &str) -> usize {
-    std::fs::read_dir(p.lake().join("_weir/ecommerce").join(what))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    state_entries(&p.lake().join("_weir/ecommerce").join(what)).len()
 }
 
 fn spawn(p: &Project) -> std::process::Child {

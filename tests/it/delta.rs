@@ -50,9 +50,7 @@ fn assert_exact(p: &Project) {
 /// Per committed batch (from the commit log), the rows it added to `table`.
 fn rows_per_batch(p: &Project, table: &str) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(p.lake().join("_weir/ecommerce/commits")).unwrap() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+    for v in state_entries(&p.lake().join("_weir/ecommerce/commits")) {
         out.insert(
             v["batch"].as_u64().unwrap(),
             v["rows"][table].as_u64().unwrap_or(0),
