@@ -17,11 +17,16 @@ use crate::commit::lease::{DEFAULT_LEASE_TTL, Lease, LeaseError};
 use crate::commit::{BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore};
 use crate::decode::{Decoded, Decoder};
 use crate::job::{BatchPolicy, Input, InputFormat, Job, JobError, SourceConfig};
+use crate::load::parked::ParkedStore;
 use crate::load::types::{TypeError, check_schema};
-use crate::load::{Backfill, Cursors, Destination, LakeFiles, LoadError, Loads, OutputTable};
-use crate::sink::lake::{DEAD_LETTERS, Lake};
+use crate::load::{
+    Backfill, Cursors, Destination, LakeFiles, LoadContext, LoadError, Loads, OutputTable,
+};
+use crate::sink::lake::dead_letters::DeadLetterKey;
+use crate::sink::lake::{DEAD_LETTERS, Lake, REPLAYED};
 use crate::sink::{BatchOutput, Sink, SinkError};
-use crate::source::files::FileSource;
+use crate::source::dead_letters::{self, ReplayError, ReplayFilter};
+use crate::source::files::{FileSource, Framing};
 use crate::source::kinesis::{KinesisSource, StartAt};
 use crate::source::{Checkpoint, ChunkLimits, RawChunk, Source, SourceError};
 use crate::storage::StorageError;
@@ -59,6 +64,17 @@ pub enum PipelineError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    #[error(
+        "{source}. Batch {batch} was interrupted before its commit, so none of it is in the lake. \
+         To go on without the records that are gone, delete {plan} in the lake and run again"
+    )]
+    Unreplayable {
+        batch: u64,
+        plan: String,
+        source: SourceError,
+    },
 }
 
 /// Overrides from the command line.
@@ -67,6 +83,8 @@ pub struct RunOptions {
     pub target: Option<String>,
     pub input: Option<String>,
     pub lake: Option<String>,
+    /// For `weir replay`: the job's source is not opened (the records are dead letters).
+    pub replay: bool,
 }
 
 /// What a run did.
@@ -91,6 +109,8 @@ pub struct RunSummary {
     pub last_batch: Option<u64>,
     /// Per destination, the last batch loaded when the run ended.
     pub loaded: BTreeMap<String, u64>,
+    /// Per destination with any, the batches parked after failing for good.
+    pub parked: BTreeMap<String, usize>,
     /// From start to the last commit.
     pub elapsed: Duration,
     /// Then, waiting for the warehouses to load every committed batch.
@@ -111,6 +131,8 @@ pub struct Pipeline {
     last_vacuum: Option<Instant>,
     /// Warehouses loaded behind the commit, and whether `open` prepared each.
     destinations: Vec<(Arc<dyn Destination>, bool)>,
+    /// How the target's loads are retried before a batch is parked.
+    target_loads: crate::job::LoadRetry,
     tables: Vec<OutputTable>,
     cursors: Cursors,
     loads: Option<Loads>,
@@ -119,10 +141,92 @@ pub struct Pipeline {
     checkpoint: Checkpoint,
 }
 
+/// A run's parts once every check passed, before the writer lease is taken.
+struct Checked {
+    job: Job,
+    target: crate::job::Target,
+    policy: BatchPolicy,
+    source: Arc<dyn Source>,
+    transforms: Transforms,
+    lake: Lake,
+    commits: Arc<ObjectCommitStore>,
+    cursors: Cursors,
+    destinations: Vec<(Arc<dyn Destination>, bool)>,
+    tables: Vec<OutputTable>,
+}
+
 impl Pipeline {
     /// Checks everything a run needs (job, SQL plans, source, lake), takes the job's writer lease
     /// and creates or evolves the lake's tables, before any data moves.
     pub async fn open(job: Job, opts: &RunOptions) -> Result<Self, PipelineError> {
+        let never = std::future::pending::<()>();
+        Ok(Self::open_unless(job, opts, never)
+            .await?
+            .expect("never stopped"))
+    }
+
+    /// [`Pipeline::open`], given up (`None`) when `stop` resolves before the writer lease is
+    /// taken: the checks may wait on a slow network, and nothing is held until the lease.
+    pub async fn open_unless(
+        job: Job,
+        opts: &RunOptions,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Option<Self>, PipelineError> {
+        let checked = tokio::select! {
+            checked = Self::check(job, opts) => checked?,
+            _ = stop => return Ok(None),
+        };
+        let Checked {
+            job,
+            target,
+            policy,
+            source,
+            transforms,
+            lake,
+            commits,
+            cursors,
+            destinations,
+            tables,
+        } = checked;
+        let lease = lake.take_lease().await?;
+        let schemas: Vec<_> = tables
+            .iter()
+            .map(|t| (t.name.clone(), t.schema.clone()))
+            .collect();
+        if let Err(e) = lake.prepare(&schemas).await {
+            lease.release().await;
+            return Err(e.into());
+        }
+        let mut lease_task = JoinSet::new();
+        lease_task.spawn(lease.clone().keep(DEFAULT_LEASE_TTL));
+        let summary = RunSummary {
+            source: source.describe(),
+            lake: lake.url().to_string(),
+            ..Default::default()
+        };
+        Ok(Some(Self {
+            job,
+            policy,
+            source,
+            transforms,
+            lake,
+            commits,
+            lease,
+            lease_task,
+            last_vacuum: None,
+            destinations,
+            target_loads: target.loads,
+            tables,
+            cursors,
+            loads: None,
+            progress: ProgressBar::hidden(),
+            summary,
+            checkpoint: Checkpoint::new(),
+        }))
+    }
+
+    /// Everything checked before the lease: nothing is held yet.
+    async fn check(job: Job, opts: &RunOptions) -> Result<Checked, PipelineError> {
         let target = job.target(opts.target.as_deref())?.clone();
         let transforms = Transforms::load(&job).await?;
         let lake_url = opts.lake.clone().unwrap_or(target.lake.clone());
@@ -132,6 +236,7 @@ impl Pipeline {
             bytes: CHUNK_BYTES.min(policy.max_bytes as usize),
         };
         let source: Arc<dyn Source> = match (&target.source, &opts.input) {
+            _ if opts.replay => Arc::new(dead_letters::NoSource),
             (_, Some(input)) => Arc::new(open_files(&job, input, limits).await?),
             (SourceConfig::Files { path }, None) => Arc::new(open_files(&job, path, limits).await?),
             (
@@ -164,39 +269,17 @@ impl Pipeline {
         ));
         let cursors = Cursors::new(lake.store(), state);
         let destinations = open_destinations(&job, &target, &lake, &tables).await?;
-        let lease = lake.take_lease().await?;
-        let schemas: Vec<_> = tables
-            .iter()
-            .map(|t| (t.name.clone(), t.schema.clone()))
-            .collect();
-        if let Err(e) = lake.prepare(&schemas).await {
-            lease.release().await;
-            return Err(e.into());
-        }
-        let mut lease_task = JoinSet::new();
-        lease_task.spawn(lease.clone().keep(DEFAULT_LEASE_TTL));
-        let summary = RunSummary {
-            source: source.describe(),
-            lake: lake.url().to_string(),
-            ..Default::default()
-        };
-        Ok(Self {
+        Ok(Checked {
             job,
+            target,
             policy,
             source,
             transforms,
             lake,
             commits,
-            lease,
-            lease_task,
-            last_vacuum: None,
+            cursors,
             destinations,
             tables,
-            cursors,
-            loads: None,
-            progress: ProgressBar::hidden(),
-            summary,
-            checkpoint: Checkpoint::new(),
         })
     }
 
@@ -230,18 +313,10 @@ impl Pipeline {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary, PipelineError> {
         let started = Instant::now();
-        let mut next = self.recover().await?;
-        self.loads = Some(Loads::start(
-            std::mem::take(&mut self.destinations),
-            self.tables.clone(),
-            self.commits.clone() as Arc<dyn CommitStore>,
-            self.cursors.clone(),
-            self.summary.last_batch.unwrap_or(0),
-            Backfill {
-                location: self.lake.location().clone(),
-                job: self.job.name.clone(),
-            },
-        ));
+        tokio::pin!(shutdown);
+        let Some(mut next) = self.begin(&mut shutdown).await? else {
+            return Ok(self.stopped_early(started));
+        };
 
         let (raw_tx, raw_rx) = mpsc::channel::<RawChunk>(CHANNEL_CHUNKS);
         let (dec_tx, mut decoded) = mpsc::channel::<Decoded>(CHANNEL_CHUNKS);
@@ -259,7 +334,6 @@ impl Pipeline {
         let policy = self.policy;
         let mut lease_task = std::mem::take(&mut self.lease_task);
         let mut worker = Worker::Idle(Box::new(self));
-        tokio::pin!(shutdown);
         let mut stopping = false;
         let mut batch = Batch::default();
         let lost = loop {
@@ -317,25 +391,160 @@ impl Pipeline {
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
-        this.summary.elapsed = started.elapsed();
+        this.wrap_up(stopping, &mut shutdown, started).await
+    }
+
+    /// Recovers (replaying a planned but uncommitted batch) and starts the loaders; returns the
+    /// next batch id, or `None` when `shutdown` came first (the plan stays for the next run).
+    async fn begin(
+        &mut self,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Option<u64>, PipelineError> {
+        let recovered = tokio::select! {
+            next = self.recover() => Some(next),
+            _ = shutdown => None,
+        };
+        let Some(next) = recovered else {
+            tracing::warn!("stopped while replaying an interrupted batch; the next run replays it");
+            return Ok(None);
+        };
+        let next = next?;
+        let state = self.lake.path(&self.lake.layout().state());
+        self.loads = Some(Loads::start(
+            std::mem::take(&mut self.destinations),
+            LoadContext {
+                tables: self.tables.clone(),
+                commits: self.commits.clone() as Arc<dyn CommitStore>,
+                cursors: self.cursors.clone(),
+                parked: ParkedStore::new(self.lake.store(), state),
+                retry: self.target_loads,
+                lake: Backfill {
+                    location: self.lake.location().clone(),
+                    job: self.job.name.clone(),
+                },
+            },
+            self.summary.last_batch.unwrap_or(0),
+        ));
+        Ok(Some(next))
+    }
+
+    /// The summary of a run stopped before its first batch.
+    fn stopped_early(mut self, started: Instant) -> RunSummary {
+        self.lease_task.abort_all();
+        self.progress.finish_and_clear();
+        self.summary.elapsed = started.elapsed();
+        std::mem::take(&mut self.summary)
+    }
+
+    /// After the last commit: waits for the loads (unless stopping), compacts, and stops the
+    /// loaders.
+    async fn wrap_up(
+        mut self,
+        mut stopping: bool,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+        started: Instant,
+    ) -> Result<RunSummary, PipelineError> {
+        self.summary.elapsed = started.elapsed();
         if !stopping {
-            stopping = this.finish_loads(&mut shutdown).await?;
+            stopping = self.finish_loads(shutdown).await?;
         }
-        this.summary.load_wait = started.elapsed() - this.summary.elapsed;
-        if let Some(loads) = this.loads.take() {
-            this.summary.loaded = loads
+        self.summary.load_wait = started.elapsed() - self.summary.elapsed;
+        if let Some(loads) = &self.loads {
+            self.summary.loaded = loads
                 .progress()
                 .into_iter()
                 .map(|(n, b)| (n.to_string(), b))
                 .collect();
+            self.summary.parked = loads
+                .parked()
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c))
+                .collect();
+        }
+        // The loaders stay until after compaction: it must stay below their parked batches.
+        if !stopping && self.policy.compact_every > 0 {
+            self.compact().await?;
+        }
+        if let Some(loads) = self.loads.take() {
             loads.stop().await;
         }
-        if !stopping && this.policy.compact_every > 0 {
-            this.compact().await?;
+        self.lease_task.abort_all();
+        self.progress.finish_and_clear();
+        Ok(std::mem::take(&mut self.summary))
+    }
+
+    /// `weir replay`: runs the dead letters that match `filter` through the job as new batches
+    /// (at most `max_records` each), oldest first, each exactly once: a replay batch's plan lists
+    /// the dead letters it takes, and its `_replayed` rows, committed with it, keep them from being
+    /// taken again. Those that fail again are new dead letters with the new reason; dead letters
+    /// written by this replay are not taken again by it.
+    pub async fn replay(
+        self,
+        filter: ReplayFilter,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, PipelineError> {
+        let lease = self.lease.clone();
+        let result = async {
+            self.lake.prepare_replayed().await?;
+            self.replay_leased(filter, shutdown).await
         }
-        this.lease_task.abort_all();
-        this.progress.finish_and_clear();
-        Ok(this.summary)
+        .await;
+        if !matches!(result, Err(PipelineError::Lease(_))) {
+            lease.release().await;
+        }
+        result
+    }
+
+    async fn replay_leased(
+        mut self,
+        filter: ReplayFilter,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, PipelineError> {
+        let started = Instant::now();
+        tokio::pin!(shutdown);
+        let Some(mut next) = self.begin(&mut shutdown).await? else {
+            return Ok(self.stopped_early(started));
+        };
+        let upto = next - 1;
+        let mut stopping = false;
+        loop {
+            let letters = dead_letters::select(
+                self.lake.location(),
+                &self.job.name,
+                upto,
+                &filter,
+                self.policy.max_records,
+            )
+            .await?;
+            if letters.is_empty() {
+                break;
+            }
+            let batch = self.replay_batch(letters);
+            self.process(next, batch, false).await?;
+            next += 1;
+            // Between batches (one in hand is committed first): polled once it has not resolved.
+            if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
+                tracing::info!(
+                    "stopped: the dead letters not replayed yet stay for the next replay"
+                );
+                stopping = true;
+                break;
+            }
+        }
+        self.wrap_up(stopping, &mut shutdown, started).await
+    }
+
+    /// A batch of dead letters' records, decoded by the job as it is now.
+    fn replay_batch(&self, letters: Vec<(DeadLetterKey, bytes::Bytes)>) -> Batch {
+        let mut decoder = Decoder::new(&self.job.input);
+        let mut batch = Batch::default();
+        for chunk in dead_letters::chunks(&letters) {
+            batch.push(decoder.decode(&chunk));
+        }
+        // Their positions are in other batches' ranges: this one reads no source range.
+        batch.range.clear();
+        batch.replayed = letters.into_iter().map(|(k, _)| k).collect();
+        batch
     }
 
     /// Loads the checkpoint and replays a planned but uncommitted batch; returns the next batch id.
@@ -355,7 +564,25 @@ impl Pipeline {
                 batch = plan.batch,
                 "replaying a batch that was planned but not committed"
             );
-            let batch = self.read_range(&plan).await?;
+            let batch = if plan.dead_letters.is_empty() {
+                self.read_range(&plan).await
+            } else {
+                self.lake.prepare_replayed().await?;
+                let letters =
+                    dead_letters::read(self.lake.location(), &self.job.name, &plan.dead_letters)
+                        .await?;
+                Ok(self.replay_batch(letters))
+            };
+            let batch = batch.map_err(|e| match e {
+                PipelineError::Source(source @ SourceError::RangeGone { .. }) => {
+                    PipelineError::Unreplayable {
+                        batch: plan.batch,
+                        plan: format!("_weir/{}/plans/{:020}.json", self.job.name, plan.batch),
+                        source,
+                    }
+                }
+                other => other,
+            })?;
             self.process(plan.batch, batch, true).await?;
             self.summary.replayed += 1;
             next = plan.batch + 1;
@@ -389,6 +616,7 @@ impl Pipeline {
                 batch: id,
                 range: batch.range.clone(),
                 planned_at: chrono::Utc::now(),
+                dead_letters: batch.replayed.clone(),
             };
             self.commits.plan(&plan).await?;
         }
@@ -403,6 +631,7 @@ impl Pipeline {
                 batch: id,
                 tables: &outputs,
                 dead_letters: &batch.dead,
+                replayed: &batch.replayed,
                 replay,
             })
             .await?;
@@ -464,7 +693,7 @@ impl Pipeline {
     /// wait, leaving the rest to the next run. Returns whether it was stopped.
     async fn finish_loads(
         &mut self,
-        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<bool, PipelineError> {
         let Some(loads) = &mut self.loads else {
             return Ok(false);
@@ -512,7 +741,7 @@ impl Pipeline {
             .iter()
             .map(|t| t.name.clone())
             .collect();
-        tables.push(DEAD_LETTERS.to_string());
+        tables.extend([DEAD_LETTERS.to_string(), REPLAYED.to_string()]);
         let vacuumed_before = self.last_vacuum;
         let done = self
             .lake
@@ -584,8 +813,13 @@ pub(crate) async fn open_files(
     input: &str,
     limits: ChunkLimits,
 ) -> Result<FileSource, SourceError> {
-    let header = job.input.format == InputFormat::Csv && job.input.csv.header;
-    FileSource::open(input, &job.root, limits, header).await
+    let csv = job.input.format == InputFormat::Csv;
+    let framing = Framing {
+        csv: csv.then_some(job.input.csv.delimiter as u8),
+        header: csv && job.input.csv.header,
+        max_record_bytes: job.input.max_record_bytes,
+    };
+    FileSource::open(input, &job.root, limits, framing).await
 }
 
 /// Prometheus metrics of one committed batch.

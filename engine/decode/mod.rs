@@ -2,6 +2,7 @@
 //! record that does not decode becomes a dead letter with its position and reason; the rest of its
 //! chunk decodes normally, found by bisecting failed runs.
 
+mod check;
 mod csv;
 mod json;
 
@@ -129,13 +130,27 @@ impl Decoder {
     ) {
         let bytes = &chunk.data[chunk.bounds[a].0 as usize..chunk.bounds[b - 1].1 as usize + 1];
         let n = b - a;
-        let result = self
-            .inner
-            .decode_run(bytes, n)
-            .and_then(|batch| self.to_table(batch));
+        // Rows that decode but hold values no warehouse takes are set aside, then the rest is cast.
+        let result = self.inner.decode_run(bytes, n).and_then(|batch| {
+            if batch.num_rows() != n {
+                return Ok((batch, Default::default()));
+            }
+            let problems = check::problems(&batch);
+            let batch = check::without(batch, &problems)?;
+            Ok((self.to_table(batch)?, problems))
+        });
         match result {
-            Ok(batch) if batch.num_rows() == n => batches.push(batch),
-            Ok(batch) if n == 1 => dead.push(dead_letter(
+            Ok((batch, problems)) if batch.num_rows() + problems.len() == n => {
+                if batch.num_rows() > 0 {
+                    batches.push(batch);
+                }
+                dead.extend(
+                    problems
+                        .into_iter()
+                        .map(|(row, reason)| dead_letter(chunk, a + row, reason)),
+                );
+            }
+            Ok((batch, _)) if n == 1 => dead.push(dead_letter(
                 chunk,
                 a,
                 format!(

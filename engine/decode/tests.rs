@@ -97,3 +97,113 @@ fn csv_rows_and_dead_letters() {
     assert_eq!(out.dead.len(), 3);
     assert_eq!(out.records, 4);
 }
+
+fn input_with(columns: &[(&str, &str)], format: InputFormat) -> Input {
+    Input {
+        schema: InputSchema {
+            columns: columns
+                .iter()
+                .map(|(n, t)| Column::parse(n, t).unwrap())
+                .collect(),
+        },
+        ..input(format)
+    }
+}
+
+/// Each line, and the start of its dead-letter reason (None: it is a row).
+fn outcomes(d: &mut Decoder, lines: &[&[u8]]) -> Vec<Option<String>> {
+    let out = d.decode(&chunk(lines));
+    let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+    let mut result = vec![None; lines.len()];
+    for dl in &out.dead {
+        let Position::Line(l) = dl.position else {
+            unreachable!()
+        };
+        result[l as usize - 1] = Some(dl.reason.clone());
+    }
+    assert_eq!(rows + out.dead.len(), lines.len(), "{:#?}", out.dead);
+    result
+}
+
+#[test]
+fn values_no_warehouse_takes_are_dead_letters_with_the_column_and_the_fix() {
+    let columns = [
+        ("id", "string"),
+        ("ts", "timestamp"),
+        ("us", "timestamp(us)"),
+        ("day", "date"),
+        ("x", "double"),
+        ("y", "float"),
+    ];
+    let mut d = Decoder::new(&Input {
+        max_record_bytes: 1 << 20,
+        ..input_with(&columns, InputFormat::Json)
+    });
+    let deep = format!(
+        r#"{{"id":"deep","other":{}1{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let lines: Vec<&[u8]> = vec![
+        br#"{"id":"ok","ts":1748772000000,"us":1748772000000000,"day":"2025-06-01","x":1.5,"y":2}"#,
+        // Epoch microseconds in a millisecond column: the year 57,000.
+        br#"{"id":"a","ts":1748772000000000}"#,
+        br#"{"id":"b","us":1748772000000}"#,
+        br#"{"id":"c","ts":"1899-12-31T23:59:59Z"}"#,
+        br#"{"id":"d","day":"2200-01-01"}"#,
+        br#"{"id":"e","ts":-9223372036854775808}"#,
+        br#"{"id":"f","x":"NaN"}"#,
+        br#"{"id":"g","x":NaN}"#,
+        br#"{"id":"h","y":"-Infinity"}"#,
+        br#"{"id":"i","x":1e400}"#,
+        b"{\"id\":\"nul\\u0000in\"}",
+        br#"{"id":{"nested":{"deeper":[1,2]}}}"#,
+        deep.as_bytes(),
+        br#"{"id":"edge","ts":"1900-01-01T00:00:00Z","day":"2199-12-31"}"#,
+    ];
+    let got = outcomes(&mut d, &lines);
+    let starts = |i: usize, text: &str| {
+        let reason = got[i].as_deref().unwrap_or("(a row)");
+        assert!(reason.contains(text), "line {}: {reason}", i + 1);
+    };
+    assert_eq!(got[0], None);
+    starts(1, "column ts: +57");
+    starts(1, "are milliseconds");
+    assert_eq!(
+        got[2], None,
+        "milliseconds in a micros column are January 1970: in range"
+    );
+    starts(3, "column ts: 1899-12-31T23:59:59Z");
+    starts(4, "column day: 2200-01-01 is outside the years 1900–2199");
+    starts(5, "column ts:");
+    starts(6, "column x: NaN is not a finite number");
+    assert!(got[7].is_some(), "a bare NaN is not JSON");
+    starts(8, "column y: -inf is not a finite number");
+    assert!(got[9].is_some(), "1e400: {:?}", got[9]);
+    starts(10, "NUL character");
+    assert!(got[11].is_some(), "an object in a string column");
+    assert_eq!(
+        got[12], None,
+        "deep nesting in a field outside the schema is ignored"
+    );
+    assert_eq!(got[13], None, "the range's edges are inside");
+}
+
+#[test]
+fn csv_values_get_the_same_checks() {
+    let columns = [("id", "string"), ("ts", "timestamp"), ("x", "double")];
+    let mut d = Decoder::new(&input_with(&columns, InputFormat::Csv));
+    let lines: Vec<&[u8]> = vec![
+        b"a,2025-06-01T10:00:00Z,1.5",
+        b"b,3025-06-01T10:00:00Z,1.5",
+        b"c,,NaN",
+        b"\"multi\nline\",,2",
+        b"nul\0,,1",
+    ];
+    let got = outcomes(&mut d, &lines);
+    assert_eq!(got[0], None);
+    assert!(got[1].as_deref().unwrap().contains("column ts: 3025"));
+    assert!(got[2].as_deref().unwrap().contains("column x: NaN"));
+    assert_eq!(got[3], None, "a quoted newline is part of the field");
+    assert!(got[4].as_deref().unwrap().contains("NUL"));
+}

@@ -68,6 +68,26 @@ pub struct OutputSpec {
     pub target_file_size: u64,
 }
 
+/// How a target's loads are retried (`[targets.X.loads]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadRetry {
+    /// Attempts at one batch while its destination answers, before the batch is parked.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for LoadRetry {
+    fn default() -> Self {
+        Self {
+            attempts: config::DEFAULT_LOAD_ATTEMPTS,
+            backoff: units::parse_duration(config::DEFAULT_LOAD_BACKOFF).expect("valid default"),
+            max_backoff: units::parse_duration(config::DEFAULT_LOAD_MAX_BACKOFF)
+                .expect("valid default"),
+        }
+    }
+}
+
 /// Where one run reads from and writes to.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -75,6 +95,7 @@ pub struct Target {
     pub source: SourceConfig,
     pub lake: String,
     pub metrics: Option<std::net::SocketAddr>,
+    pub loads: LoadRetry,
     pub glue: Option<GlueConfig>,
     pub redshift: Option<RedshiftConfig>,
     pub postgres: Option<PostgresConfig>,
@@ -276,6 +297,32 @@ impl Job {
                 crate::source::kinesis::StartAt::parse(start.as_deref(), timestamp.as_deref())
                     .map_err(|m| bad(&format!("targets.{name}.source"), m))?;
             }
+            let loads = {
+                let key = |k: &str| format!("targets.{name}.loads.{k}");
+                let duration = |k: &str, v: &Option<String>, default: &str| {
+                    units::parse_duration(v.as_deref().unwrap_or(default))
+                        .map_err(|m| bad(&key(k), m))
+                };
+                let retry = LoadRetry {
+                    attempts: t.loads.attempts.unwrap_or(config::DEFAULT_LOAD_ATTEMPTS),
+                    backoff: duration("backoff", &t.loads.backoff, config::DEFAULT_LOAD_BACKOFF)?,
+                    max_backoff: duration(
+                        "max_backoff",
+                        &t.loads.max_backoff,
+                        config::DEFAULT_LOAD_MAX_BACKOFF,
+                    )?,
+                };
+                if retry.attempts == 0 {
+                    return Err(bad(&key("attempts"), "must be at least 1".into()));
+                }
+                if retry.backoff.is_zero() || retry.max_backoff < retry.backoff {
+                    return Err(bad(
+                        &key("max_backoff"),
+                        "backoff must be above 0 and max_backoff at least backoff".into(),
+                    ));
+                }
+                retry
+            };
             check_warehouses(&t, &t.lake, &|key, m| {
                 bad(&format!("targets.{name}.{key}"), m)
             })?;
@@ -296,6 +343,7 @@ impl Job {
                     source,
                     lake,
                     metrics,
+                    loads,
                     glue: t.glue,
                     redshift: t.redshift,
                     postgres: t.postgres,
@@ -417,6 +465,26 @@ fn parse_input(
             .unwrap_or(config::DEFAULT_MAX_RECORD_BYTES),
     )
     .map_err(|m| bad("input.max_record_bytes", m))? as usize;
+    if !(1..=MAX_RECORD_BYTES_LIMIT).contains(&max_record_bytes) {
+        return Err(bad(
+            "input.max_record_bytes",
+            format!(
+                "{max_record_bytes} bytes is outside 1 byte ..= 64MiB; a record is held whole \
+                 in memory, so pick the longest record you expect (Kinesis allows 10MiB)"
+            ),
+        ));
+    }
+    if let Some(csv) = &raw.csv {
+        let d = csv.delimiter;
+        if !d.is_ascii() || matches!(d, '"' | '\n' | '\r') {
+            return Err(bad(
+                "input.csv.delimiter",
+                format!(
+                    "{d:?} cannot be a delimiter; use one ASCII character such as \",\" or \"\\t\""
+                ),
+            ));
+        }
+    }
     Ok(Input {
         format: raw.format,
         schema: InputSchema { columns },
@@ -425,6 +493,9 @@ fn parse_input(
         csv: raw.csv.clone().unwrap_or_default(),
     })
 }
+
+/// The largest `input.max_record_bytes`: one record is held whole, and chunk offsets are 32-bit.
+const MAX_RECORD_BYTES_LIMIT: usize = 64 << 20;
 
 /// Checks the warehouse blocks of a target: connection URLs parse and carry no password, the
 /// Redshift lake is on S3, BigQuery auth is known.

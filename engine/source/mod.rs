@@ -1,6 +1,7 @@
 //! Sources yield raw records with their position (file + line; shard + sequence number), in
 //! bounded chunks, either after a checkpoint or over exactly one recorded batch range.
 
+pub mod dead_letters;
 pub mod files;
 pub mod kinesis;
 
@@ -49,6 +50,25 @@ impl Ord for Position {
 impl PartialOrd for Position {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    /// The `Display` form back: "line 7", "sequence 4955...", "sequence 4955... record 3".
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("\"{text}\" is not a record position");
+        let words: Vec<&str> = text.split(' ').collect();
+        match words.as_slice() {
+            ["line", n] => n.parse().map(Position::Line).map_err(|_| bad()),
+            ["sequence", seq] => Ok(Position::sequence(*seq, 0)),
+            ["sequence", seq, "record", sub] => sub
+                .parse()
+                .map(|sub| Position::sequence(*seq, sub))
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
     }
 }
 
@@ -137,6 +157,11 @@ pub enum SourceError {
         "replaying batch: {shard} is not part of this source any more; restore it or start a new lake"
     )]
     MissingShard { shard: String },
+    #[error(
+        "replaying batch: {shard} no longer holds its records up to {missing} (past the stream's \
+         retention); the batch cannot be replayed whole"
+    )]
+    RangeGone { shard: String, missing: String },
 }
 
 /// A source of raw records.

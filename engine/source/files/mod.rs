@@ -1,7 +1,10 @@
 //! File source: JSON lines or CSV files by path, glob or object store URL, `.gz` decompressed on the
-//! fly. A file is a shard; a record's position is its line number.
+//! fly. A file is a shard; a record's position is the line it starts on.
 
 mod reader;
+mod split;
+
+pub use split::Framing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +39,7 @@ pub struct FileSource {
     input: String,
     files: Vec<InputFile>,
     limits: ChunkLimits,
-    skip_header: bool,
+    framing: Framing,
 }
 
 impl FileSource {
@@ -48,7 +51,7 @@ impl FileSource {
         input: &str,
         root: &std::path::Path,
         limits: ChunkLimits,
-        skip_header: bool,
+        framing: Framing,
     ) -> Result<Self, SourceError> {
         let mut files = if input.contains("://") && !input.starts_with("file://") {
             list_remote(input).await?
@@ -65,7 +68,7 @@ impl FileSource {
             input: input.to_string(),
             files,
             limits,
-            skip_header,
+            framing,
         })
     }
 
@@ -75,10 +78,10 @@ impl FileSource {
         tx: mpsc::Sender<RawChunk>,
     ) -> Result<(), SourceError> {
         let limits = self.limits;
-        let skip_header = self.skip_header;
+        let framing = self.framing;
         tokio::task::spawn_blocking(move || {
             for (file, after, until) in plan {
-                let more = reader::read_file(&file, after, until, limits, skip_header, &tx)?;
+                let more = reader::read_file(&file, after, until, limits, framing, &tx)?;
                 if !more {
                     break;
                 }

@@ -1,4 +1,4 @@
-//! Blocking line reader for one input file: decompression, line numbering, chunking.
+//! Blocking record reader for one input file: decompression, line numbering, chunking.
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use tokio::sync::mpsc;
 
+use super::split::{Framing, Records};
 use super::{InputFile, Location};
 use crate::source::{ChunkLimits, Position, RawChunk, SourceError};
 
@@ -57,14 +58,14 @@ fn open(file: &InputFile, count: Arc<AtomicU64>) -> std::io::Result<Box<dyn BufR
     })
 }
 
-/// Sends the records of lines `after+1 ..= until` of `file` in chunks. Returns false when the
-/// receiver is gone (the run is stopping).
+/// Sends the records starting on lines `after+1 ..= until` of `file` in chunks. Returns false
+/// when the receiver is gone (the run is stopping).
 pub(super) fn read_file(
     file: &InputFile,
     after: u64,
     until: Option<u64>,
     limits: ChunkLimits,
-    skip_header: bool,
+    framing: Framing,
     tx: &mpsc::Sender<RawChunk>,
 ) -> Result<bool, SourceError> {
     let io_err = |source| SourceError::Io {
@@ -72,27 +73,30 @@ pub(super) fn read_file(
         source,
     };
     let count = Arc::new(AtomicU64::new(0));
-    let mut reader = open(file, count.clone()).map_err(io_err)?;
+    let mut records = Records::new(open(file, count.clone()).map_err(io_err)?, framing);
     let shard: Arc<str> = file.key.as_str().into();
+    let capacity = limits.bytes + framing.max_record_bytes.min(limits.bytes) + 4096;
     let mut sent_bytes = 0u64;
-    let mut chunk = Vec::with_capacity(limits.bytes + 4096);
+    let mut chunk = Vec::with_capacity(capacity);
     let mut bounds = Vec::new();
     let mut positions = Vec::new();
-    let mut line_no = 0u64;
-    let mut flush = |chunk: &mut Vec<u8>, bounds: &mut Vec<_>, positions: &mut Vec<_>| {
+    let mut rejected = Vec::new();
+    // Lines before the record being read.
+    let mut lines = 0u64;
+    let mut flush = |chunk: &mut Vec<u8>,
+                     bounds: &mut Vec<_>,
+                     positions: &mut Vec<_>,
+                     rejected: &mut Vec<_>| {
         if bounds.is_empty() {
             return true;
         }
         let read = count.load(Ordering::Relaxed);
         let c = RawChunk {
             shard: shard.clone(),
-            data: Bytes::from(std::mem::replace(
-                chunk,
-                Vec::with_capacity(limits.bytes + 4096),
-            )),
+            data: Bytes::from(std::mem::replace(chunk, Vec::with_capacity(capacity))),
             bounds: std::mem::take(bounds),
             positions: std::mem::take(positions),
-            rejected: Vec::new(),
+            rejected: std::mem::take(rejected),
             arrived_ms: None,
             input_bytes: read - sent_bytes,
         };
@@ -100,33 +104,42 @@ pub(super) fn read_file(
         tx.blocking_send(c).is_ok()
     };
     loop {
-        if until.is_some_and(|u| line_no >= u) {
+        if until.is_some_and(|u| lines >= u) {
             break;
         }
         let start = chunk.len();
-        let n = reader.read_until(b'\n', &mut chunk).map_err(io_err)?;
-        if n == 0 {
+        let Some(record) = records.next(&mut chunk).map_err(io_err)? else {
             break;
-        }
-        line_no += 1;
+        };
+        let line = lines + 1;
+        lines += record.lines;
         let mut end = chunk.len();
-        while end > start && matches!(chunk[end - 1], b'\n' | b'\r') {
+        while end > start && chunk[end - 1] == b'\r' {
             end -= 1;
         }
-        let blank = chunk[start..end].iter().all(u8::is_ascii_whitespace);
-        if line_no <= after || (skip_header && line_no == 1) || blank {
+        let blank =
+            record.problem.is_none() && chunk[start..end].iter().all(u8::is_ascii_whitespace);
+        if line <= after || (framing.header && line == 1) || blank {
             chunk.truncate(start);
             continue;
         }
         chunk.truncate(end);
         chunk.push(b'\n');
+        if let Some(problem) = record.problem {
+            rejected.push((bounds.len() as u32, problem));
+        }
         bounds.push((start as u32, end as u32));
-        positions.push(Position::Line(line_no));
+        positions.push(Position::Line(line));
         if (bounds.len() >= limits.records || chunk.len() >= limits.bytes)
-            && !flush(&mut chunk, &mut bounds, &mut positions)
+            && !flush(&mut chunk, &mut bounds, &mut positions, &mut rejected)
         {
             return Ok(false);
         }
     }
-    Ok(flush(&mut chunk, &mut bounds, &mut positions))
+    Ok(flush(
+        &mut chunk,
+        &mut bounds,
+        &mut positions,
+        &mut rejected,
+    ))
 }
