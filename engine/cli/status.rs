@@ -1,5 +1,6 @@
 //! `weir status`: where a job stands, read from the lake alone (no warehouse is contacted): the last
-//! committed batch, and per destination the last loaded batch and how many committed batches wait.
+//! committed batch, and per destination the last loaded batch, how many committed batches wait and
+//! how many are parked.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use super::job_path;
 use crate::commit::{CommitStore, ObjectCommitStore};
 use crate::job::Job;
 use crate::load::Cursors;
+use crate::load::parked::ParkedStore;
 use crate::sink::lake::Layout;
 use crate::storage::Location;
 
@@ -36,7 +38,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let commits = ObjectCommitStore::new(store.clone(), state.clone(), &job.name);
     let last = commits.recover().await?.last;
     let committed = last.as_ref().map_or(0, |c| c.batch);
-    let cursors = Cursors::new(store, state);
+    let cursors = Cursors::new(store.clone(), state.clone());
+    let parked_store = ParkedStore::new(store, state);
     let mut rows = Vec::new();
     for d in crate::load::warehouses(target) {
         let name = d.key();
@@ -47,14 +50,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         // Committed batches after the cursor (ids need not be contiguous).
         let backlog = commits.commits_after(c.batch).await?.len();
-        rows.push((name, c, backlog));
+        let parked = parked_store
+            .parked(name)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .len();
+        rows.push((name, c, backlog, parked));
     }
     if args.json {
         let loads: Vec<_> = rows
             .iter()
-            .map(|(n, c, b)| {
+            .map(|(n, c, b, p)| {
                 serde_json::json!({
                     "destination": n, "loaded_batch": c.batch, "loaded_at": c.loaded_at, "backlog": b,
+                    "parked": p,
                 })
             })
             .collect();
@@ -80,13 +89,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if rows.is_empty() {
         println!("  loads      none configured for this target");
     }
-    for (name, c, backlog) in rows {
+    for (name, c, backlog, parked) in rows {
         let at = c
             .loaded_at
             .map(|t| format!(" at {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
             .unwrap_or_default();
+        let parked = match parked {
+            0 => String::new(),
+            n => format!(
+                ", {n} parked batch{} (see `weir loads`)",
+                if n == 1 { "" } else { "es" }
+            ),
+        };
         println!(
-            "  {name:<10} loaded batch {}{at}, {backlog} batch{} behind",
+            "  {name:<10} loaded batch {}{at}, {backlog} batch{} behind{parked}",
             c.batch,
             if backlog == 1 { "" } else { "es" }
         );

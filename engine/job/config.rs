@@ -136,6 +136,24 @@ pub struct OutputConfig {
     pub target_file_size: Option<String>,
 }
 
+/// Attempts at loading one batch into one destination before it is parked.
+pub const DEFAULT_LOAD_ATTEMPTS: u32 = 8;
+/// Pause after the first failed attempt; it doubles up to `max_backoff`.
+pub const DEFAULT_LOAD_BACKOFF: &str = "500ms";
+pub const DEFAULT_LOAD_MAX_BACKOFF: &str = "30s";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadsConfig {
+    /// Attempts per batch and destination while the destination answers (default 8); then the
+    /// batch is parked and the destination goes on with the next one.
+    pub attempts: Option<u32>,
+    /// Pause after the first failure (default "500ms"), doubling up to `max_backoff`.
+    pub backoff: Option<String>,
+    /// Longest pause between attempts (default "30s").
+    pub max_backoff: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
@@ -144,6 +162,9 @@ pub struct TargetConfig {
     pub lake: String,
     /// Serve `/metrics` and `/health` on this address (e.g. "127.0.0.1:9898").
     pub metrics: Option<String>,
+    /// How loads into the warehouses are retried before a batch is parked.
+    #[serde(default)]
+    pub loads: LoadsConfig,
     /// Register tables and partitions in the AWS Glue Data Catalog.
     pub glue: Option<GlueConfig>,
     /// COPY each batch into Amazon Redshift from the lake's Parquet files (lake on S3).

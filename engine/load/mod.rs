@@ -11,6 +11,7 @@
 pub mod bigquery;
 pub mod catalog;
 pub mod glue;
+pub mod parked;
 pub mod postgres;
 pub mod redshift;
 pub mod types;
@@ -27,7 +28,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::commit::{CommitRecord, CommitStore};
-use crate::job::{Job, Target};
+use crate::job::{Job, LoadRetry, Target};
+use parked::{Parked, ParkedStore};
 pub use types::Warehouse;
 
 /// Backoff between failed attempts: doubles from the first to the last, with jitter.
@@ -143,6 +145,9 @@ pub trait Destination: Send + Sync {
     /// Creates what loads need (database, tables, ledger) and evolves tables: a new nullable
     /// column is added; a changed or dropped column is a `LoadError::Schema`.
     async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError>;
+    /// Whether the destination answers at all (any answer, even a refusal, counts): a batch
+    /// that keeps failing while it does is parked; while it does not, the batch waits.
+    async fn ping(&self) -> Result<(), LoadError>;
     /// Loads one committed batch; loading a batch already loaded does nothing.
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError>;
 }
@@ -247,11 +252,46 @@ impl Cursors {
     }
 }
 
+/// A destination's parked batches, as its loader knows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Parking {
+    pub count: usize,
+    /// The lowest parked batch: compaction and trimming stay below it.
+    pub lowest: Option<u64>,
+}
+
+impl Parking {
+    fn of(parked: &[Parked]) -> Self {
+        Self {
+            count: parked.len(),
+            lowest: parked.iter().map(|p| p.batch).min(),
+        }
+    }
+}
+
+/// One loader as the run sees it.
+struct Loader {
+    name: &'static str,
+    loaded: watch::Receiver<u64>,
+    parking: watch::Receiver<Parking>,
+}
+
 /// The loader tasks of a run: one per destination, each following the commits in order.
 pub struct Loads {
     committed: watch::Sender<u64>,
-    loaded: Vec<(&'static str, watch::Receiver<u64>)>,
+    loaders: Vec<Loader>,
     tasks: JoinSet<Result<(), LoadError>>,
+}
+
+/// What every loader of a run shares.
+#[derive(Clone)]
+pub struct LoadContext {
+    pub tables: Vec<OutputTable>,
+    pub commits: Arc<dyn CommitStore>,
+    pub cursors: Cursors,
+    pub parked: ParkedStore,
+    pub retry: LoadRetry,
+    pub lake: Backfill,
 }
 
 impl Loads {
@@ -259,27 +299,27 @@ impl Loads {
     /// destination new to this lake first loads the tables' current snapshot (`backfill`).
     pub fn start(
         destinations: Vec<(Arc<dyn Destination>, bool)>,
-        tables: Vec<OutputTable>,
-        commits: Arc<dyn CommitStore>,
-        cursors: Cursors,
+        context: LoadContext,
         committed: u64,
-        lake: Backfill,
     ) -> Self {
         let (tx, rx) = watch::channel(committed);
         let mut tasks = JoinSet::new();
-        let mut loaded = Vec::new();
+        let mut loaders = Vec::new();
         for (dest, prepared) in destinations {
             let (ltx, lrx) = watch::channel(0);
-            loaded.push((dest.name(), lrx));
+            let (ptx, prx) = watch::channel(Parking::default());
+            loaders.push(Loader {
+                name: dest.name(),
+                loaded: lrx,
+                parking: prx,
+            });
             let follower = Follower {
                 dest,
-                tables: tables.clone(),
-                commits: commits.clone(),
-                cursors: cursors.clone(),
+                context: context.clone(),
                 committed: rx.clone(),
                 loaded: ltx,
+                parking: ptx,
                 prepared,
-                lake: lake.clone(),
                 start: committed,
             };
             tasks.spawn(async move {
@@ -292,33 +332,52 @@ impl Loads {
         }
         Self {
             committed: tx,
-            loaded,
+            loaders,
             tasks,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.loaded.is_empty()
+        self.loaders.is_empty()
     }
 
     /// Tells the loaders a new batch is committed.
     pub fn committed(&self, batch: u64) {
         self.committed.send_replace(batch);
-        for (name, loaded) in &self.loaded {
-            backlog(name, batch, *loaded.borrow());
+        for l in &self.loaders {
+            backlog(l.name, batch, *l.loaded.borrow());
         }
     }
 
-    /// The lowest batch every destination has loaded (compaction must not touch later files).
+    /// The highest batch up to which every destination has loaded or parked everything, below
+    /// its lowest parked batch (compaction and trimming must not touch later files or commits).
     pub fn min_loaded(&self) -> Option<u64> {
-        self.loaded.iter().map(|(_, rx)| *rx.borrow()).min()
+        self.loaders
+            .iter()
+            .map(|l| {
+                let loaded = *l.loaded.borrow();
+                match l.parking.borrow().lowest {
+                    Some(p) => loaded.min(p.saturating_sub(1)),
+                    None => loaded,
+                }
+            })
+            .min()
     }
 
     /// Per destination, the batch it has loaded.
     pub fn progress(&self) -> Vec<(&'static str, u64)> {
-        self.loaded
+        self.loaders
             .iter()
-            .map(|(n, rx)| (*n, *rx.borrow()))
+            .map(|l| (l.name, *l.loaded.borrow()))
+            .collect()
+    }
+
+    /// Per destination with parked batches, how many.
+    pub fn parked(&self) -> Vec<(&'static str, usize)> {
+        self.loaders
+            .iter()
+            .map(|l| (l.name, l.parking.borrow().count))
+            .filter(|(_, n)| *n > 0)
             .collect()
     }
 
@@ -354,13 +413,11 @@ impl Loads {
 /// One destination's loader: prepares, then loads each committed batch after its cursor.
 struct Follower {
     dest: Arc<dyn Destination>,
-    tables: Vec<OutputTable>,
-    commits: Arc<dyn CommitStore>,
-    cursors: Cursors,
+    context: LoadContext,
     committed: watch::Receiver<u64>,
     loaded: watch::Sender<u64>,
+    parking: watch::Sender<Parking>,
     prepared: bool,
-    lake: Backfill,
     /// The last batch committed when the run started.
     start: u64,
 }
@@ -368,7 +425,7 @@ struct Follower {
 impl Follower {
     async fn run(mut self) -> Result<(), LoadError> {
         let name = self.dest.name();
-        let cursors = self.cursors.clone();
+        let cursors = self.context.cursors.clone();
         let cursor = retry(name, "read cursor", || {
             let c = cursors.clone();
             async move { c.get(name).await.map_err(|e| LoadError::failed(name, e)) }
@@ -377,8 +434,20 @@ impl Follower {
         let mut at = cursor.as_ref().map_or(0, |c| c.batch);
         self.loaded.send_replace(at);
         backlog(name, *self.committed.borrow(), at);
+        let store = self.context.parked.clone();
+        let parked = retry(name, "list parked batches", || {
+            let store = store.clone();
+            async move {
+                store
+                    .parked(name)
+                    .await
+                    .map_err(|e| LoadError::failed(name, e))
+            }
+        })
+        .await?;
+        self.set_parking(Parking::of(&parked));
         if !self.prepared {
-            let (dest, tables) = (self.dest.clone(), self.tables.clone());
+            let (dest, tables) = (self.dest.clone(), self.context.tables.clone());
             retry(name, "prepare", || {
                 let (dest, tables) = (dest.clone(), tables.clone());
                 async move { dest.prepare(&tables).await }
@@ -389,7 +458,11 @@ impl Follower {
             // New to this lake: what is committed already comes from the tables' snapshot (the
             // oldest batches' files may be merged or gone), then the commits follow.
             if self.start > 0 {
-                let (lake, tables, upto) = (self.lake.clone(), self.tables.clone(), self.start);
+                let (lake, tables, upto) = (
+                    self.context.lake.clone(),
+                    self.context.tables.clone(),
+                    self.start,
+                );
                 let snapshot = retry(name, "read the tables' snapshot", || {
                     let (lake, tables) = (lake.clone(), tables.clone());
                     async move {
@@ -425,7 +498,7 @@ impl Follower {
                 }
                 continue;
             }
-            let commits = self.commits.clone();
+            let commits = self.context.commits.clone();
             let pending = retry(name, "read the commit log", || {
                 let commits = commits.clone();
                 async move {
@@ -438,21 +511,18 @@ impl Follower {
             .await?;
             for record in pending.into_iter().filter(|r| r.batch <= committed) {
                 let started = std::time::Instant::now();
-                let dest = self.dest.clone();
-                let rec = Arc::new(record);
-                retry(name, &format!("load batch {}", rec.batch), || {
-                    let (dest, rec) = (dest.clone(), rec.clone());
-                    async move { dest.load(&rec).await }
-                })
-                .await?;
-                at = rec.batch;
+                let batch = record.batch;
+                if self.load_or_park(record).await? {
+                    metrics::counter!("weir_load_batches_total", "destination" => name)
+                        .increment(1);
+                    metrics::histogram!("weir_load_seconds", "destination" => name)
+                        .record(started.elapsed().as_secs_f64());
+                    tracing::debug!(destination = name, batch, "loaded");
+                }
+                at = batch;
                 self.save(at).await?;
                 self.loaded.send_replace(at);
-                metrics::counter!("weir_load_batches_total", "destination" => name).increment(1);
-                metrics::histogram!("weir_load_seconds", "destination" => name)
-                    .record(started.elapsed().as_secs_f64());
                 metrics::gauge!("weir_loaded_batch", "destination" => name).set(at as f64);
-                tracing::debug!(destination = name, batch = at, "loaded");
             }
             if at < committed {
                 // Batch ids are not contiguous (an empty batch commits nothing): all caught up.
@@ -464,13 +534,112 @@ impl Follower {
 }
 
 impl Follower {
+    /// Loads one batch, retried with backoff. After `attempts` failures while the destination
+    /// answers, the batch is parked and false returned; while it does not answer (down,
+    /// unreachable), the batch waits for it, since the next one would fail the same way.
+    async fn load_or_park(&self, record: CommitRecord) -> Result<bool, LoadError> {
+        let name = self.dest.name();
+        let policy = self.context.retry;
+        let mut delay = policy.backoff;
+        let mut attempts = 0u32;
+        loop {
+            let error = match self.dest.load(&record).await {
+                Ok(()) => {
+                    if attempts > 0 {
+                        tracing::info!(
+                            destination = name,
+                            batch = record.batch,
+                            "loaded after {attempts} failed attempts"
+                        );
+                    }
+                    return Ok(true);
+                }
+                Err(e @ LoadError::Schema { .. }) => return Err(e),
+                Err(e) => e,
+            };
+            attempts += 1;
+            metrics::counter!("weir_load_errors_total", "destination" => name).increment(1);
+            if attempts >= policy.attempts {
+                match self.dest.ping().await {
+                    Ok(()) => {
+                        self.park(record, error.to_string(), attempts).await?;
+                        return Ok(false);
+                    }
+                    Err(down) => tracing::warn!(
+                        destination = name,
+                        batch = record.batch,
+                        "{error}; the destination does not answer ({down}), so the batch waits \
+                         for it instead of being parked"
+                    ),
+                }
+            } else {
+                tracing::warn!(
+                    destination = name,
+                    batch = record.batch,
+                    "attempt {attempts} of {} failed, retrying in {delay:?}: {error}",
+                    policy.attempts
+                );
+            }
+            let jitter = rand::random_range(0.5..1.0);
+            tokio::time::sleep(delay.mul_f64(jitter)).await;
+            delay = (delay * 2).min(policy.max_backoff);
+        }
+    }
+
+    /// Records a batch as parked; the destination goes on with the next one.
+    async fn park(
+        &self,
+        record: CommitRecord,
+        error: String,
+        attempts: u32,
+    ) -> Result<(), LoadError> {
+        let name = self.dest.name();
+        tracing::error!(
+            destination = name,
+            batch = record.batch,
+            "parked after {attempts} failed attempts: {error}; the next batches go on. \
+             See `weir loads`, then `weir loads retry` once the cause is fixed"
+        );
+        let parked = Parked {
+            destination: name.to_string(),
+            batch: record.batch,
+            error,
+            attempts,
+            parked_at: chrono::Utc::now(),
+            skipped_at: None,
+            record,
+        };
+        let store = self.context.parked.clone();
+        retry(name, "park the batch", || {
+            let (store, parked) = (store.clone(), parked.clone());
+            async move {
+                store
+                    .park(&parked)
+                    .await
+                    .map_err(|e| LoadError::failed(name, e))
+            }
+        })
+        .await?;
+        let mut now = *self.parking.borrow();
+        now.count += 1;
+        now.lowest = Some(now.lowest.map_or(parked.batch, |l| l.min(parked.batch)));
+        self.set_parking(now);
+        Ok(())
+    }
+
+    fn set_parking(&self, parking: Parking) {
+        metrics::gauge!("weir_load_parked_batches", "destination" => self.dest.name())
+            .set(parking.count as f64);
+        self.parking.send_replace(parking);
+    }
+
     async fn save(&self, at: u64) -> Result<(), LoadError> {
         let name = self.dest.name();
         let cursor = Cursor {
             batch: at,
             loaded_at: Some(chrono::Utc::now()),
         };
-        let cursors = self.cursors.clone();
+        let cursors = self.context.cursors.clone();
         retry(name, "save cursor", || {
             let (c, cur) = (cursors.clone(), cursor.clone());
             async move {

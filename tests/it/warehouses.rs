@@ -606,16 +606,10 @@ fn a_warehouse_down_does_not_stop_the_lake_and_loads_catch_up() {
     // The lake takes every event while PostgreSQL is unreachable.
     let started = Instant::now();
     loop {
-        let records: u64 = std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
-            .map(|d| {
-                d.filter_map(|e| {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&std::fs::read(e.ok()?.path()).ok()?).ok()?;
-                    v["records"].as_u64()
-                })
-                .sum()
-            })
-            .unwrap_or(0);
+        let records: u64 = state_entries(&p.lake().join("_weir/ecommerce/commits"))
+            .iter()
+            .filter_map(|v| v["records"].as_u64())
+            .sum();
         if records == EVENTS {
             break;
         }
@@ -1034,4 +1028,130 @@ fn a_destination_added_later_is_backfilled_once_and_a_new_lake_loads_again() {
         w.dataset
     )));
     assert_close("BigQuery after a new lake", &got, &[lake_rows[0] * 2.0]);
+}
+
+#[test]
+fn a_batch_that_fails_for_good_is_parked_and_loads_go_on_then_retry_loads_it_once() {
+    let w = Warehouses::new();
+    let p = Project::ecommerce(3_000, 1, BATCHES);
+    let job = std::fs::read_to_string(p.job()).unwrap();
+    let target = format!(
+        "source = {{ kind = \"files\", path = \"data/events/*.jsonl*\" }}\nlake = \"lake\"\n\
+         postgres = {{ url = \"{}\", schema = \"{}\" }}\n\
+         loads = {{ attempts = 2, backoff = \"50ms\", max_backoff = \"100ms\" }}",
+        pg_url(),
+        w.schema
+    );
+    std::fs::write(p.job(), replace_section(&job, "[targets.local]", &target)).unwrap();
+    run_job(&p);
+    let bad_event = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","event_time":"2025-06-01T10:00:00Z","event_type":"purchase","user_id":7,"product_id":1,"quantity":999,"price":"1.00","order_id":"o-{id}"}}"#
+        ) + "\n"
+    };
+    let constrain = || {
+        pg(&format!(
+            "ALTER TABLE \"{}\".sales ADD CONSTRAINT no_999 CHECK (quantity < 999) NOT VALID",
+            w.schema
+        ))
+    };
+    constrain();
+    p.write("data/events/zz-bad.jsonl", &bad_event("bad-1"));
+    let out = run_job(&p);
+    assert!(out.contains("parked   postgres 1 batch "), "{out}");
+    let bad_batch = last_commit(&p);
+    assert!(
+        cursor(&p, "postgres") >= bad_batch,
+        "the cursor goes past it"
+    );
+
+    let status = stdout(&run(&mut weir_cmd(&p, &["status"]), true));
+    assert!(
+        status.contains("1 parked batch (see `weir loads`)"),
+        "{status}"
+    );
+    let listed = stdout(&run(&mut weir_cmd(&p, &["loads"]), true));
+    assert!(listed.contains(&format!("batch {bad_batch}")), "{listed}");
+    assert!(listed.contains("no_999"), "the server's reason: {listed}");
+
+    // The next batches load while it is parked.
+    add_events(&p, 500, 9);
+    run_job(&p);
+    assert_eq!(cursor(&p, "postgres"), last_commit(&p));
+    let loaded = |batch: u64| {
+        pg(&format!(
+            "SELECT count(*) FROM \"{}\"._weir_loads WHERE batch = {batch}",
+            w.schema
+        ))[0][0]
+            != "0"
+    };
+    assert!(loaded(last_commit(&p)) && !loaded(bad_batch));
+
+    // Fixed: retried once, loaded exactly once.
+    pg(&format!(
+        "ALTER TABLE \"{}\".sales DROP CONSTRAINT no_999",
+        w.schema
+    ));
+    let unknown = run(
+        &mut weir_cmd(&p, &["loads", "retry", "--destination", "redshift"]),
+        false,
+    );
+    assert!(
+        stderr(&unknown).contains("it has: postgres"),
+        "{}",
+        stderr(&unknown)
+    );
+    let retried = stdout(&run(
+        &mut weir_cmd(&p, &["loads", "retry", "--destination", "postgres"]),
+        true,
+    ));
+    assert!(
+        retried.contains(&format!("batch {bad_batch} loaded")),
+        "{retried}"
+    );
+    let again = stdout(&run(
+        &mut weir_cmd(&p, &["loads", "retry", "--destination", "postgres"]),
+        true,
+    ));
+    assert!(again.contains("nothing parked"), "{again}");
+    assert_ledger_exact(&p, &w);
+    let sales = |filter: &str| {
+        let lake = duckdb(&format!(
+            "SELECT count(*), sum(revenue) FROM {} {filter}",
+            lake_table(&p.lake(), "sales")
+        ));
+        let pg = pg(&format!(
+            "SELECT count(*), sum(revenue) FROM \"{}\".sales {filter}",
+            w.schema
+        ));
+        (lake[0].clone(), pg[0].join(","))
+    };
+    let (lake, pg_sales) = sales("");
+    assert_eq!(lake, pg_sales, "PostgreSQL vs the lake after the retry");
+
+    // Given up on purpose: recorded, and the destination stays without it.
+    constrain();
+    p.write("data/events/zz-bad2.jsonl", &bad_event("bad-2"));
+    run_job(&p);
+    let vague = run(
+        &mut weir_cmd(&p, &["loads", "skip", "--destination", "postgres"]),
+        false,
+    );
+    assert!(stderr(&vague).contains("--all"), "{}", stderr(&vague));
+    run(
+        &mut weir_cmd(&p, &["loads", "skip", "--destination", "postgres", "--all"]),
+        true,
+    );
+    let listed = stdout(&run(&mut weir_cmd(&p, &["loads"]), true));
+    assert!(listed.contains("nothing parked"), "{listed}");
+    assert!(listed.contains("1 batches given up earlier"), "{listed}");
+    let (lake, pg_sales) = sales("WHERE event_id <> 'bad-2'");
+    assert_eq!(lake, pg_sales);
+    assert_eq!(
+        pg(&format!(
+            "SELECT count(*) FROM \"{}\".sales WHERE event_id = 'bad-2'",
+            w.schema
+        )),
+        [["0".to_string()]]
+    );
 }

@@ -41,8 +41,6 @@ use crate::sink::WrittenFile;
 const NAME: &str = "bigquery";
 const DEFAULT_ENDPOINT: &str = "https://bigquery.googleapis.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
-/// Failed load jobs of one file before giving up on it (each is retried under a new job id).
-const MAX_ATTEMPTS: u32 = 10;
 const POLL: Duration = Duration::from_millis(200);
 
 pub struct BigQuery {
@@ -149,7 +147,9 @@ impl BigQuery {
         }
     }
 
-    /// Loads one file exactly once; returns when its load job is done.
+    /// Loads one file exactly once; returns when its load job is done. Each call submits at most
+    /// one new job (ids `..._r1`, `_r2`, ... after failed ones), so the caller's attempts bound
+    /// the jobs, and a parked batch retried later gets a fresh id.
     async fn load_file(
         &self,
         table: &str,
@@ -158,8 +158,8 @@ impl BigQuery {
         file: &WrittenFile,
     ) -> Result<(), LoadError> {
         let (client, auth) = self.client().await?;
-        let mut last_error = String::new();
-        for attempt in 0..MAX_ATTEMPTS {
+        let mut submitted = false;
+        for attempt in 0.. {
             let id = self.job_id(table, batch, index, attempt);
             loop {
                 match self.job_state(client, &id).await? {
@@ -169,12 +169,14 @@ impl BigQuery {
                         continue;
                     }
                     JobState::Done => return Ok(()),
-                    JobState::Failed(e) => {
-                        last_error = e;
-                        break;
+                    JobState::Failed(e) if submitted => {
+                        return Err(self.fail(format!("{table}: loading {}: {e}", file.path)));
                     }
+                    // An earlier attempt's job: the next id is this attempt's.
+                    JobState::Failed(_) => break,
                 }
-                let submitted = if self.lake.url.starts_with("gs://") {
+                submitted = true;
+                let sent = if self.lake.url.starts_with("gs://") {
                     let config = self.load_config(table, Some(vec![self.lake.url_of(&file.path)]));
                     let job = Job {
                         configuration: Some(config),
@@ -207,7 +209,7 @@ impl BigQuery {
                     .await
                     .map_err(|e| (e.status(), e.to_string()))
                 };
-                match submitted {
+                match sent {
                     // Already exists: an earlier attempt submitted it; poll it like our own.
                     Ok(()) | Err((Some(409), _)) => {}
                     Err((_, e)) => {
@@ -216,10 +218,7 @@ impl BigQuery {
                 }
             }
         }
-        Err(self.fail(format!(
-            "{table}: gave up on {} after {MAX_ATTEMPTS} failed load jobs; last error: {last_error}",
-            file.path
-        )))
+        unreachable!("job ids are endless")
     }
 
     fn job_reference(&self, id: &str) -> JobReference {
@@ -411,6 +410,15 @@ impl Destination for BigQuery {
             Err(e) => return Err(self.fail(format!("dataset {}: {e}", self.dataset))),
         }
         prepare_tables(self, tables).await
+    }
+
+    async fn ping(&self) -> Result<(), LoadError> {
+        let (client, _) = self.client().await?;
+        match client.dataset().get(&self.project, &self.dataset).await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e).is_some_and(|s| s < 500) => Ok(()),
+            Err(e) => Err(self.fail(format!("dataset {}: {e}", self.dataset))),
+        }
     }
 
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {

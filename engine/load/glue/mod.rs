@@ -241,6 +241,15 @@ impl Destination for Glue {
         prepare_tables(self, tables).await
     }
 
+    async fn ping(&self) -> Result<(), LoadError> {
+        let client = self.client().await;
+        match client.get_database().name(&self.database).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some() => Ok(()),
+            Err(e) => Err(fail(format!("GetDatabase: {}", DisplayErrorContext(&e)))),
+        }
+    }
+
     /// Nothing per batch: the table points at the Delta log, which readers (Athena, Spark,
     /// Trino) follow, so every commit is visible there as soon as it is made.
     async fn load(&self, _batch: &CommitRecord) -> Result<(), LoadError> {

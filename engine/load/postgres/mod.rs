@@ -54,6 +54,10 @@ impl Destination for Postgres {
         self.wire.prepare(tables).await
     }
 
+    async fn ping(&self) -> Result<(), LoadError> {
+        self.wire.ping().await
+    }
+
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
         let copier = BinaryCopy {
             lake: &self.lake,

@@ -336,6 +336,15 @@ impl Connection {
         r.map_err(|e| self.fail("preparing the load ledger", e))
     }
 
+    /// Whether the server answers at all: `SELECT 1`.
+    pub async fn ping(&mut self) -> Result<(), LoadError> {
+        let client = self.client().await?;
+        if let Err(e) = client.simple_query("SELECT 1").await {
+            return Err(self.fail("SELECT 1", e));
+        }
+        Ok(())
+    }
+
     /// Columns of a table (`format_type` spelling); empty when it does not exist.
     async fn columns(
         &mut self,
@@ -455,6 +464,10 @@ impl WireLoader {
     pub async fn prepare(&self, tables: &[OutputTable]) -> Result<(), LoadError> {
         self.conn.lock().await.prepare_ledger(&self.ledger).await?;
         prepare_tables(self, tables).await
+    }
+
+    pub async fn ping(&self) -> Result<(), LoadError> {
+        self.conn.lock().await.ping().await
     }
 
     pub async fn load(

@@ -107,6 +107,10 @@ impl Destination for Redshift {
         self.wire.prepare(tables).await
     }
 
+    async fn ping(&self) -> Result<(), LoadError> {
+        self.wire.ping().await
+    }
+
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
         let copier = ManifestCopy {
             redshift: self,
