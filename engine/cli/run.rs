@@ -32,12 +32,14 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal()?;
     let job = Job::load(job_path(&args.job))?;
     let name = job.name.clone();
     let opts = RunOptions {
         target: args.target.clone(),
         input: args.input.clone(),
         lake: args.lake.clone(),
+        replay: false,
     };
     let target = job.target(opts.target.as_deref())?.clone();
     let mut server = tokio::task::JoinSet::new();
@@ -45,9 +47,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let serve = crate::metrics::serve(addr, crate::metrics::install()?).await?;
         server.spawn(serve);
         eprintln!("metrics on http://{addr}/metrics, health on http://{addr}/health");
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: /metrics on {addr} is open to the network without authentication; \
+                 bind 127.0.0.1 and put a reverse proxy with TLS and a password in front of it"
+            );
+        }
     }
     let target = target.name;
-    let pipeline = Pipeline::open(job, &opts).await?;
+    tokio::pin!(shutdown);
+    let Some(pipeline) = Pipeline::open_unless(job, &opts, &mut shutdown).await? else {
+        eprintln!("weir: stopped during start-up; nothing was read or written");
+        return Ok(ExitCode::SUCCESS);
+    };
     let bar = match (args.quiet, pipeline.size_hint()) {
         (false, Some(total)) => {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -72,13 +84,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => ProgressBar::hidden(),
     };
-    let summary = pipeline.with_progress(bar).run(shutdown_signal()).await?;
-    print_summary(&name, &target, &summary);
+    let summary = pipeline.with_progress(bar).run(shutdown).await?;
+    print_summary("run", &name, &target, &summary);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(job: &str, target: &str, s: &RunSummary) {
-    println!("weir run {job} (target {target})");
+pub(super) fn print_summary(command: &str, job: &str, target: &str, s: &RunSummary) {
+    println!("weir {command} {job} (target {target})");
     println!("  source   {}", s.source);
     println!("  lake     {}", s.lake);
     if !s.loaded.is_empty() {
@@ -91,6 +103,17 @@ fn print_summary(job: &str, target: &str, s: &RunSummary) {
             "  loaded   {} ({:.2} s after the last commit; see `weir status`)",
             loaded.join(", "),
             s.load_wait.as_secs_f64()
+        );
+    }
+    if !s.parked.is_empty() {
+        let parked: Vec<String> = s
+            .parked
+            .iter()
+            .map(|(d, n)| format!("{d} {n} batch{}", if *n == 1 { "" } else { "es" }))
+            .collect();
+        println!(
+            "  parked   {} (failed for good; see `weir loads`, then `weir loads retry`)",
+            parked.join(", ")
         );
     }
     if s.batches == 0 {

@@ -79,15 +79,10 @@ fn start(p: &Project) -> Child {
 
 /// Records in committed batches, from the commit log.
 fn committed(state: &Path) -> u64 {
-    let Ok(dir) = std::fs::read_dir(state.join("commits")) else {
-        return 0;
-    };
-    dir.map(|e| {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
-        v["records"].as_u64().unwrap()
-    })
-    .sum()
+    state_entries(&state.join("commits"))
+        .iter()
+        .map(|v| v["records"].as_u64().unwrap())
+        .sum()
 }
 
 fn wait_committed(state: &Path, n: u64, child: &mut Child) {
@@ -269,9 +264,7 @@ active()
     // Parents before children: a child's first batch comes no earlier than its parent's last.
     let mut first = std::collections::BTreeMap::new();
     let mut last = std::collections::BTreeMap::new();
-    for e in std::fs::read_dir(state(&p).join("plans")).unwrap() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+    for v in state_entries(&state(&p).join("plans")) {
         let b = v["batch"].as_u64().unwrap();
         for shard in v["range"].as_object().unwrap().keys() {
             first
@@ -501,4 +494,224 @@ boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The project's `prod` source with more keys (`start`, `timestamp`).
+fn with_source_keys(p: &Project, stream: &str, keys: &str) {
+    let job = std::fs::read_to_string(p.job()).unwrap();
+    let job = job.replace(
+        &format!("stream = \"{stream}\" }}"),
+        &format!("stream = \"{stream}\", {keys} }}"),
+    );
+    std::fs::write(p.job(), job).unwrap();
+}
+
+/// The fault proxy in `mode`, and its output lines (the port first, then one per fault).
+fn fault_proxy(
+    args: &[&str],
+) -> (
+    Child,
+    u16,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut proxy = Command::new(python_path())
+        .arg(repo().join("tests/stand-ins/faulty_proxy.py"))
+        .arg(endpoint("WEIR_TEST_KINESIS", "http://127.0.0.1:45670"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let port = lines.next().unwrap().unwrap().parse().unwrap();
+    (proxy, port, lines)
+}
+
+#[test]
+fn latest_is_pinned_when_an_iterator_expires_before_the_first_record_and_list_shards_is_retried() {
+    let s = stream("latest");
+    produce(&s, 100, &[]); // before the run: `latest` skips these
+    std::thread::sleep(Duration::from_millis(2500));
+    let p = project(&s, "lake");
+    with_source_keys(&p, &s, "start = \"latest\"");
+    let release = p.root().join("release-iterators");
+    let (mut proxy, port, mut lines) = fault_proxy(&["expire", &release.display().to_string()]);
+    let mut child = aws_env(&mut p.run_cmd())
+        .args(["--target", "prod"])
+        .env(
+            "AWS_ENDPOINT_URL_KINESIS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both shards have had their LATEST iterator expire once. (kinesalite then holds the
+    // AT_TIMESTAMP call that re-creates it until a record arrives after that time, unlike
+    // Kinesis; Weir's call timeout makes it ask again.)
+    let mut expired = 0;
+    let mut list_faults = 0;
+    while expired < 2 {
+        let line = lines.next().expect("proxy output").unwrap();
+        expired += line.contains("ExpiredIterator") as u32;
+        list_faults += line.contains("InternalFailure") as u32;
+    }
+    produce(&s, 300, &["--seed", "7"]);
+    std::fs::write(&release, "").unwrap();
+    wait_committed(&state(&p), 300, &mut child);
+    stop(child);
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+    list_faults += lines
+        .map_while(Result::ok)
+        .filter(|l| l.contains("InternalFailure"))
+        .count() as u32;
+    assert_eq!(
+        list_faults, 5,
+        "one ListShards call failed with all its retries"
+    );
+    assert_exactly(&p, 300);
+}
+
+#[test]
+fn at_timestamp_starts_at_that_moment() {
+    let s = stream("attime");
+    produce(&s, 200, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let from = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(Duration::from_millis(1500));
+    produce(&s, 300, &["--seed", "11"]);
+    let p = project(&s, "lake");
+    with_source_keys(
+        &p,
+        &s,
+        &format!("start = \"at_timestamp\", timestamp = \"{from}\""),
+    );
+    let mut child = start(&p);
+    wait_committed(&state(&p), 300, &mut child);
+    std::thread::sleep(Duration::from_secs(2));
+    stop(child);
+    assert_exactly(&p, 300);
+}
+
+/// Writes a plan for the batch after the last committed one, over the shards of the last commit:
+/// from its first record to one far past the end of the stream (records retention removed).
+fn plan_past_the_end(p: &Project) -> std::path::PathBuf {
+    let last = state_entries(&state(p).join("commits"))
+        .into_iter()
+        .max_by_key(|c| c["batch"].as_u64().unwrap())
+        .unwrap();
+    let batch = last["batch"].as_u64().unwrap() + 1;
+    let mut range = serde_json::Map::new();
+    for (shard, r) in last["range"].as_object().unwrap() {
+        let seq = r["first"]["seq"].as_str().unwrap();
+        range.insert(
+            shard.clone(),
+            serde_json::json!({
+                "first": r["first"],
+                "last": {"seq": format!("{seq}9"), "sub": 0},
+            }),
+        );
+    }
+    let plan = serde_json::json!({
+        "job": "ecommerce", "batch": batch, "range": range,
+        "planned_at": chrono::Utc::now().to_rfc3339(),
+    });
+    let path = state(p).join(format!("plans/{batch:020}.json"));
+    std::fs::write(&path, serde_json::to_vec(&plan).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn replaying_a_range_whose_records_are_gone_stops_and_says_what_to_do() {
+    let s = stream("trimmed");
+    let p = project(&s, "lake");
+    produce(&s, 200, &[]);
+    let mut child = start(&p);
+    wait_committed(&state(&p), 200, &mut child);
+    stop(child);
+    let plan = plan_past_the_end(&p);
+    let out = run(aws_env(&mut p.run_cmd()).args(["--target", "prod"]), false);
+    let err = stderr(&out);
+    assert!(err.contains("no longer holds its records up to"), "{err}");
+    let name = plan.file_name().unwrap().to_str().unwrap();
+    assert!(
+        err.contains(&format!("delete _weir/ecommerce/plans/{name}")),
+        "{err}"
+    );
+    std::fs::remove_file(&plan).unwrap();
+    produce(&s, 100, &["--seed", "3"]);
+    let mut child = start(&p);
+    wait_committed(&state(&p), 300, &mut child);
+    stop(child);
+    assert_exactly(&p, 300);
+}
+
+#[test]
+fn sigterm_during_start_up_or_the_replay_of_a_batch_stops_cleanly() {
+    // Start-up waiting on a Kinesis endpoint that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = stream("signals");
+    let p = project(&s, "lake");
+    let child = aws_env(&mut p.run_cmd())
+        .args(["--target", "prod"])
+        .env(
+            "AWS_ENDPOINT_URL_KINESIS",
+            format!("http://{}", silent.local_addr().unwrap()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let out = stop_output(child);
+    assert!(out.status.success(), "{:?}\n{}", out.status, stderr(&out));
+    assert!(
+        stderr(&out).contains("stopped during start-up"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!p.lake().join("_weir").exists(), "nothing written");
+
+    // A replay that cannot read (every iterator expires): SIGTERM leaves the plan for next time.
+    produce(&s, 200, &[]);
+    let mut child = start(&p);
+    wait_committed(&state(&p), 200, &mut child);
+    stop(child);
+    let plan = plan_past_the_end(&p);
+    let release = p.root().join("never");
+    let (mut proxy, port, mut lines) = fault_proxy(&["expire", &release.display().to_string()]);
+    let child = aws_env(&mut p.run_cmd())
+        .args(["--target", "prod"])
+        .env(
+            "AWS_ENDPOINT_URL_KINESIS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !lines
+        .next()
+        .expect("proxy output")
+        .unwrap()
+        .contains("ExpiredIterator")
+    {}
+    let out = stop_output(child);
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+    assert!(out.status.success(), "{:?}\n{}", out.status, stderr(&out));
+    assert!(plan.exists(), "the plan stays for the next run");
+    assert_exactly(&p, 200);
+}
+
+/// SIGTERM, then the output whatever the exit status.
+fn stop_output(child: Child) -> std::process::Output {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait_with_output().unwrap()
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -19,6 +20,8 @@ use super::{BatchRange, Checkpoint, ChunkLimits, Position, RawChunk, Source, Sou
 pub use reader::ShardEnd;
 use reader::ShardRead;
 
+/// Longest wait for one Kinesis call (GetRecords answers within seconds).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the shard list is refreshed to find shards created by resharding.
 const SHARD_DISCOVERY: Duration = Duration::from_secs(5);
 
@@ -74,9 +77,15 @@ impl KinesisSource {
         limits: ChunkLimits,
     ) -> Result<Self, SourceError> {
         let config = aws_config::load_from_env().await;
+        // A call that never answers (a half-open connection) is abandoned and retried instead of
+        // holding its shard forever.
+        let timeouts = TimeoutConfig::builder()
+            .operation_attempt_timeout(CALL_TIMEOUT)
+            .build();
         let client = Client::from_conf(
             aws_sdk_kinesis::config::Builder::from(&config)
                 .retry_config(RetryConfig::standard().with_max_attempts(5))
+                .timeout_config(timeouts)
                 .build(),
         );
         shards::list(&client, stream).await?;

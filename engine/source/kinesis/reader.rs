@@ -22,6 +22,8 @@ const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Records per GetRecords call.
 const GET_LIMIT: i32 = 10_000;
+/// How far before the first LATEST iterator a re-created one starts (clock skew with Kinesis).
+const LATEST_CLOCK_MARGIN_MS: i64 = 1_000;
 /// Longest backoff after throttling or errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -79,6 +81,14 @@ impl ShardRead {
         }
     }
 
+    /// The records of a range being replayed are no longer in the stream.
+    fn range_gone(&self, missing: &str) -> SourceError {
+        SourceError::RangeGone {
+            shard: format!("kinesis {}/{}", self.stream, self.shard),
+            missing: missing.to_string(),
+        }
+    }
+
     fn error(&self, message: String) -> SourceError {
         SourceError::Invalid {
             input: format!("kinesis {}/{}", self.stream, self.shard),
@@ -88,8 +98,21 @@ impl ShardRead {
 
     /// Reads the shard, sending chunks, until it ends, the range is read or `tx` closes.
     pub async fn run(self, tx: mpsc::Sender<RawChunk>) -> Result<ShardEnd, SourceError> {
+        // LATEST is pinned to the moment of the first iterator: one re-created after it expired,
+        // before any record was read, starts there again instead of skipping what arrived since.
+        let pinned = match self.start {
+            StartAt::Latest => {
+                StartAt::Timestamp(chrono::Utc::now().timestamp_millis() - LATEST_CLOCK_MARGIN_MS)
+            }
+            ref other => other.clone(),
+        };
         let mut iterator = self.iterator(&self.start).await?;
         let mut last = self.after.clone();
+        // A replay starts at the recorded first sequence number; it must be the first one read.
+        let mut first_of_range = match (&self.until, &self.start) {
+            (Some(_), StartAt::Sequence(seq)) => Some(seq.clone()),
+            _ => None,
+        };
         let mut next_call = Instant::now();
         let mut backoff = Backoff::default();
         let lag =
@@ -113,10 +136,11 @@ impl ShardRead {
                 {
                     let from = match &last {
                         Some(Position::Sequence { seq, .. }) => StartAt::Sequence(seq.clone()),
-                        _ => self.start.clone(),
+                        _ => pinned.clone(),
                     };
                     tracing::info!(shard = %self.shard, "shard iterator expired; re-creating it");
                     iterator = self.iterator(&from).await?;
+                    next_call = Instant::now() + MIN_CALL_INTERVAL;
                     continue;
                 }
                 Err(e) if is_retryable(&e) => {
@@ -133,6 +157,12 @@ impl ShardRead {
 
             let mut chunk = ChunkBuilder::new(self.shard.clone(), self.limits);
             let mut reached_end = false;
+            if let Some(first) = first_of_range.take()
+                && let Some(r) = resp.records().first()
+                && r.sequence_number() != first
+            {
+                return Err(self.range_gone(&first));
+            }
             'records: for r in resp.records() {
                 let data = Bytes::copy_from_slice(r.data().as_ref());
                 let arrived = r
@@ -169,6 +199,10 @@ impl ShardRead {
                 None => return Ok(ShardEnd::Closed),
             }
             if resp.records().is_empty() && behind == 0 {
+                // At the tip of the shard before the end of the range: the rest of it is gone.
+                if let Some(until) = &self.until {
+                    return Err(self.range_gone(&until.to_string()));
+                }
                 next_call = Instant::now() + IDLE_POLL;
             }
             if tx.is_closed() {
@@ -242,12 +276,12 @@ impl ChunkBuilder {
 
 /// Exponential backoff with full jitter.
 #[derive(Default)]
-struct Backoff {
+pub(super) struct Backoff {
     attempt: u32,
 }
 
 impl Backoff {
-    async fn wait(&mut self, shard: &str, why: &str) {
+    pub(super) async fn wait(&mut self, shard: &str, why: &str) {
         self.attempt += 1;
         let cap =
             Duration::from_millis(100 * 2u64.saturating_pow(self.attempt.min(10))).min(MAX_BACKOFF);
@@ -259,7 +293,7 @@ impl Backoff {
 }
 
 /// Throttling, 5xx and transport errors are retried; anything else is fatal.
-fn is_retryable<E>(
+pub(super) fn is_retryable<E>(
     e: &aws_sdk_kinesis::error::SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
 ) -> bool
 where

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_kinesis::Client;
 
+use super::reader::{Backoff, is_retryable};
 use crate::source::SourceError;
 
 /// One shard as listed.
@@ -14,7 +15,8 @@ pub struct ShardInfo {
     pub parents: Vec<String>,
 }
 
-/// Every shard of `stream`, following `ListShards` pages.
+/// Every shard of `stream`, following `ListShards` pages; throttling and server errors are retried
+/// with backoff, like GetRecords.
 pub async fn list(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, SourceError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
@@ -23,10 +25,24 @@ pub async fn list(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, Sourc
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let resp = req.send().await.map_err(|e| SourceError::Invalid {
-            input: format!("kinesis stream {stream}"),
-            message: format!("ListShards failed: {}", super::error_text(&e)),
-        })?;
+        let mut backoff = Backoff::default();
+        let resp = loop {
+            match req.clone().send().await {
+                Ok(resp) => break resp,
+                Err(e) if is_retryable(&e) => {
+                    metrics::counter!("weir_kinesis_retries_total").increment(1);
+                    backoff
+                        .wait(stream, &format!("ListShards: {}", super::error_text(&e)))
+                        .await;
+                }
+                Err(e) => {
+                    return Err(SourceError::Invalid {
+                        input: format!("kinesis stream {stream}"),
+                        message: format!("ListShards failed: {}", super::error_text(&e)),
+                    });
+                }
+            }
+        };
         for s in resp.shards() {
             out.push(ShardInfo {
                 id: s.shard_id().to_string(),
