@@ -134,6 +134,7 @@ fn stages(c: &mut Criterion) {
                 batch,
                 tables: &outputs,
                 dead_letters: &[],
+                replayed: &[],
                 replay: false,
             }))
             .unwrap()

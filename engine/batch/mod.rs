@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::decode::{DeadLetter, Decoded, Decoder};
 use crate::job::{BatchPolicy, Input};
+use crate::sink::lake::dead_letters::DeadLetterKey;
 use crate::source::{BatchRange, RawChunk, ShardRange};
 
 /// Records of one micro-batch, ready for the transforms.
@@ -17,6 +18,8 @@ pub struct Batch {
     pub events: Vec<RecordBatch>,
     pub dead: Vec<DeadLetter>,
     pub range: BatchRange,
+    /// A replay batch's dead letters (its records); its range is then empty.
+    pub replayed: Vec<DeadLetterKey>,
     pub records: usize,
     pub record_bytes: u64,
     pub input_bytes: u64,

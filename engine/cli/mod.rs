@@ -1,9 +1,11 @@
 //! The `weir` command line: clap definitions and one module per command.
 
 mod generate;
+mod loads;
 mod migrate;
 mod produce;
 mod query;
+mod replay;
 mod run;
 mod status;
 mod test;
@@ -50,6 +52,20 @@ pub enum Command {
     /// Show a job's progress: the last committed batch, and per warehouse the last loaded batch
     /// and the backlog.
     Status(status::Args),
+    /// List the batches a warehouse parked after failing for good; `retry` loads them again,
+    /// exactly once, `skip` gives them up on purpose.
+    ///
+    /// A batch that keeps failing for one destination while it answers (a rejected file, a
+    /// constraint, a permission) is parked after `[targets.X.loads] attempts`; the destination
+    /// goes on with the next batches.
+    Loads(loads::Args),
+    /// Run dead letters through the job again, after its schema or a transform was fixed.
+    ///
+    /// The dead letters that match (--reason, --since) and were not replayed before become new
+    /// batches, exactly once: those that decode now land in the outputs (and the warehouses),
+    /// those that fail again stay dead letters with the new reason. Runs under the job's writer
+    /// lease: stop `weir run` first.
+    Replay(replay::Args),
     /// Write deterministic, realistic e-commerce sample data (events and products.csv).
     Generate(generate::Args),
     /// Send generated e-commerce events to a Kinesis stream (load driver, test producer).
@@ -75,6 +91,8 @@ pub fn main() -> ExitCode {
             Command::Test(a) => test::run(a).await,
             Command::Query(a) => query::run(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::Loads(a) => loads::run(a).await,
+            Command::Replay(a) => replay::run(a).await,
             Command::Generate(a) => generate::run(a).await,
             Command::Produce(a) => produce::run(a).await,
             Command::Migrate(a) => migrate::run(a).await,
@@ -107,22 +125,39 @@ pub(crate) fn job_path(arg: &PathBuf) -> PathBuf {
     if guess.exists() { guess } else { arg.clone() }
 }
 
-/// Resolves when the process gets Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the Ctrl-C / SIGTERM handlers at once, so that a signal at any stage (start-up, the
+/// replay of an interrupted batch, the final loads) asks the run to stop instead of killing it.
+/// The returned future resolves at the first signal; a second one exits at once (status 130).
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
+    tokio::spawn(async move {
+        for n in 0.. {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            if n > 0 {
+                eprintln!("weir: stopped at once; the next run replays the batch in hand");
+                std::process::exit(130);
+            }
+            eprintln!("weir: stopping after the batch in hand (Ctrl-C again to quit at once)");
+            let _ = tx.send(true);
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    });
+    Ok(async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    })
 }
 
 /// Formats 1234567 as "1,234,567".

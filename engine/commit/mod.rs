@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use object::ObjectCommitStore;
 
 use crate::sink::WrittenFile;
+use crate::sink::lake::dead_letters::DeadLetterKey;
 use crate::source::{BatchRange, Checkpoint};
 
 /// Step 1 of a batch: what it will read, recorded before anything is written.
@@ -23,6 +24,9 @@ pub struct BatchPlan {
     pub batch: u64,
     pub range: BatchRange,
     pub planned_at: DateTime<Utc>,
+    /// A replay batch (`weir replay`): exactly the dead letters it runs through the job again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letters: Vec<DeadLetterKey>,
 }
 
 /// Step 4 of a batch: what it wrote, and the checkpoint after it.

@@ -272,6 +272,7 @@ mod tests {
             batch: 1,
             range,
             planned_at: chrono::Utc::now(),
+            dead_letters: Vec::new(),
         };
         log.plan(&plan).await.unwrap();
         let r = log.recover().await.unwrap();

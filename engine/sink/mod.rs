@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::DeadLetter;
 use crate::transform::TableOutput;
+use lake::dead_letters::DeadLetterKey;
 
 /// The outputs of one batch.
 pub struct BatchOutput<'a> {
@@ -16,6 +17,8 @@ pub struct BatchOutput<'a> {
     pub batch: u64,
     pub tables: &'a [TableOutput],
     pub dead_letters: &'a [DeadLetter],
+    /// A replay batch's dead letters, run through the job again (`_replayed` rows).
+    pub replayed: &'a [DeadLetterKey],
     /// A replay after a crash: tables may already hold the batch.
     pub replay: bool,
 }

@@ -10,11 +10,15 @@
 //!                                         the log from there instead of listing it)
 //! _weir/<job>/lease/<generation>.json     the one writer's lease
 //! _weir/<job>/loads/<destination>.json    each destination's cursor
+//! _weir/<job>/parked/<destination>/<batch>.json   batches a destination failed for good
+//! _weir/<job>/skipped/<destination>/<batch>.json  parked batches given up (`weir loads skip`)
 //! _weir/<job>/manifests/<batch>-<table>.manifest   Redshift COPY manifests
 //! ```
 
 /// Folder of the dead-letter table.
 pub const DEAD_LETTERS: &str = "_dead_letters";
+/// Folder of the table of dead letters run through the job again (`weir replay`).
+pub const REPLAYED: &str = "_replayed";
 /// Folder of Weir's own state, beside the tables.
 pub const STATE: &str = "_weir";
 

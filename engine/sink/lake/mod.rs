@@ -25,7 +25,7 @@ use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use compact::{Compacted, batch_of};
-pub use layout::{DEAD_LETTERS, Layout, STATE};
+pub use layout::{DEAD_LETTERS, Layout, REPLAYED, STATE};
 pub use migrate::Migrated;
 
 use super::{BatchOutput, Sink, SinkError, WrittenFile};
@@ -192,6 +192,14 @@ impl Lake {
                 .ensure(name, schema, &self.spec(name).partition_by)
         }))
         .await?;
+        Ok(())
+    }
+
+    /// Creates `_replayed` if missing: the first `weir replay` of a lake needs it.
+    pub async fn prepare_replayed(&self) -> Result<(), SinkError> {
+        self.delta
+            .ensure(REPLAYED, &dead_letters::replayed_schema(), &[])
+            .await?;
         Ok(())
     }
 
@@ -506,6 +514,17 @@ impl Sink for Lake {
                 })?;
             Some((batch.schema(), vec![batch]))
         };
+        let replayed = if out.replayed.is_empty() {
+            None
+        } else {
+            let batch =
+                dead_letters::replayed_batch(out.job, out.batch, out.replayed, out.dead_letters)
+                    .map_err(|source| SinkError::Arrow {
+                        table: REPLAYED.into(),
+                        source,
+                    })?;
+            Some((batch.schema(), vec![batch]))
+        };
         let tables = out
             .tables
             .iter()
@@ -513,6 +532,11 @@ impl Sink for Lake {
             .chain(
                 dead.iter()
                     .map(|(schema, rows)| (DEAD_LETTERS, schema, rows.as_slice())),
+            )
+            .chain(
+                replayed
+                    .iter()
+                    .map(|(schema, rows)| (REPLAYED, schema, rows.as_slice())),
             );
         let written = futures::future::try_join_all(tables.map(|(name, schema, rows)| {
             self.write_table(out.job, out.batch, name, schema, rows, out.replay)
