@@ -66,15 +66,32 @@ pub enum PipelineError {
     Lease(#[from] LeaseError),
     #[error(transparent)]
     Replay(#[from] ReplayError),
-    #[error(
-        "{source}. Batch {batch} was interrupted before its commit, so none of it is in the lake. \
-         To go on without the records that are gone, delete {plan} in the lake and run again"
-    )]
+    #[error("{source}. {}", unreplayable_advice(*batch, plan, holding))]
     Unreplayable {
         batch: u64,
         plan: String,
+        /// Tables that committed the batch before the crash.
+        holding: Vec<String>,
         source: SourceError,
     },
+}
+
+/// What to do about an interrupted batch whose records are gone from the source.
+fn unreplayable_advice(batch: u64, plan: &str, holding: &[String]) -> String {
+    if holding.is_empty() {
+        format!(
+            "Batch {batch} was interrupted before any table committed it, so none of it is in the \
+             lake. To go on without the records that are gone, delete {plan} in the lake and run \
+             again"
+        )
+    } else {
+        format!(
+            "Batch {batch} was interrupted after {} committed it but before the others did: \
+             deleting {plan} would write those tables' part again. Restore the records to the \
+             stream (from an archive), or copy the lake's tables to a new lake",
+            holding.join(", ")
+        )
+    }
 }
 
 /// Overrides from the command line.
@@ -109,6 +126,8 @@ pub struct RunSummary {
     pub last_batch: Option<u64>,
     /// Per destination, the last batch loaded when the run ended.
     pub loaded: BTreeMap<String, u64>,
+    /// Stopped (Ctrl-C / SIGTERM) while replaying an interrupted batch, before any new one.
+    pub stopped_early: bool,
     /// Per destination with any, the batches parked after failing for good.
     pub parked: BTreeMap<String, usize>,
     /// From start to the last commit.
@@ -430,6 +449,7 @@ impl Pipeline {
 
     /// The summary of a run stopped before its first batch.
     fn stopped_early(mut self, started: Instant) -> RunSummary {
+        self.summary.stopped_early = true;
         self.lease_task.abort_all();
         self.progress.finish_and_clear();
         self.summary.elapsed = started.elapsed();
@@ -514,6 +534,7 @@ impl Pipeline {
                 upto,
                 &filter,
                 self.policy.max_records,
+                self.policy.max_bytes,
             )
             .await?;
             if letters.is_empty() {
@@ -573,16 +594,21 @@ impl Pipeline {
                         .await?;
                 Ok(self.replay_batch(letters))
             };
-            let batch = batch.map_err(|e| match e {
-                PipelineError::Source(source @ SourceError::RangeGone { .. }) => {
-                    PipelineError::Unreplayable {
+            let batch = match batch {
+                Err(PipelineError::Source(source @ SourceError::RangeGone { .. })) => {
+                    let mut tables: Vec<String> =
+                        self.tables.iter().map(|t| t.name.clone()).collect();
+                    tables.push(DEAD_LETTERS.to_string());
+                    let holding = self.lake.tables_holding(plan.batch, &tables).await?;
+                    return Err(PipelineError::Unreplayable {
                         batch: plan.batch,
                         plan: format!("_weir/{}/plans/{:020}.json", self.job.name, plan.batch),
+                        holding,
                         source,
-                    }
+                    });
                 }
-                other => other,
-            })?;
+                other => other?,
+            };
             self.process(plan.batch, batch, true).await?;
             self.summary.replayed += 1;
             next = plan.batch + 1;

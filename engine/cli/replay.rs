@@ -49,7 +49,6 @@ fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let shutdown = shutdown_signal()?;
     let job = Job::load(job_path(&args.job))?;
     let target = job.target(args.target.as_deref())?.clone();
     let lake = args.lake.clone().unwrap_or(target.lake.clone());
@@ -70,6 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let shutdown = shutdown_signal()?;
     let opts = RunOptions {
         target: args.target.clone(),
         input: None,
@@ -85,6 +85,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let summary = pipeline.replay(filter, shutdown).await?;
     let back = summary.records - summary.dead_letters;
     print_summary("replay", &name, &target.name, &summary);
+    if summary.stopped_early {
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "  replayed {} dead letters: {} came back as rows, {} failed again (new dead letters)",
         thousands(summary.records),

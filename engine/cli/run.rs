@@ -116,6 +116,13 @@ pub(super) fn print_summary(command: &str, job: &str, target: &str, s: &RunSumma
             parked.join(", ")
         );
     }
+    if s.stopped_early {
+        println!(
+            "  stopped while replaying an interrupted batch; the next run replays it (last committed batch {})",
+            s.last_batch.unwrap_or_default()
+        );
+        return;
+    }
     if s.batches == 0 {
         match s.last_batch {
             Some(b) => println!("  nothing new to read: the lake is up to date (last batch {b})"),

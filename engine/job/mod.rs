@@ -315,11 +315,14 @@ impl Job {
                 if retry.attempts == 0 {
                     return Err(bad(&key("attempts"), "must be at least 1".into()));
                 }
-                if retry.backoff.is_zero() || retry.max_backoff < retry.backoff {
+                if retry.backoff.is_zero() {
                     return Err(bad(
-                        &key("max_backoff"),
-                        "backoff must be above 0 and max_backoff at least backoff".into(),
+                        &key("backoff"),
+                        "must be above 0, e.g. \"500ms\"".into(),
                     ));
+                }
+                if retry.max_backoff < retry.backoff {
+                    return Err(bad(&key("max_backoff"), "must be at least backoff".into()));
                 }
                 retry
             };

@@ -55,6 +55,26 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// Throttling, quotas and serialization conflicts: they pass, so a batch that meets them is
+    /// never parked for them.
+    pub fn is_throttling(&self) -> bool {
+        let LoadError::Failed { message, .. } = self else {
+            return false;
+        };
+        let m = message.to_ascii_lowercase();
+        [
+            "ratelimitexceeded",
+            "quotaexceeded",
+            "too many requests",
+            "throttl",
+            "could not serialize",
+            "serializable isolation",
+            "deadlock detected",
+        ]
+        .iter()
+        .any(|t| m.contains(t))
+    }
+
     pub fn failed(destination: &'static str, message: impl std::fmt::Display) -> Self {
         Self::Failed {
             destination,
@@ -260,15 +280,6 @@ pub struct Parking {
     pub lowest: Option<u64>,
 }
 
-impl Parking {
-    fn of(parked: &[Parked]) -> Self {
-        Self {
-            count: parked.len(),
-            lowest: parked.iter().map(|p| p.batch).min(),
-        }
-    }
-}
-
 /// One loader as the run sees it.
 struct Loader {
     name: &'static str,
@@ -319,6 +330,7 @@ impl Loads {
                 committed: rx.clone(),
                 loaded: ltx,
                 parking: ptx,
+                parked: Default::default(),
                 prepared,
                 start: committed,
             };
@@ -417,6 +429,8 @@ struct Follower {
     committed: watch::Receiver<u64>,
     loaded: watch::Sender<u64>,
     parking: watch::Sender<Parking>,
+    /// Its parked batches.
+    parked: std::collections::BTreeSet<u64>,
     prepared: bool,
     /// The last batch committed when the run started.
     start: u64,
@@ -432,8 +446,7 @@ impl Follower {
         })
         .await?;
         let mut at = cursor.as_ref().map_or(0, |c| c.batch);
-        self.loaded.send_replace(at);
-        backlog(name, *self.committed.borrow(), at);
+        // Parked batches first: until they are known, compaction must not pass 0.
         let store = self.context.parked.clone();
         let parked = retry(name, "list parked batches", || {
             let store = store.clone();
@@ -445,7 +458,10 @@ impl Follower {
             }
         })
         .await?;
-        self.set_parking(Parking::of(&parked));
+        self.parked = parked.iter().map(|p| p.batch).collect();
+        self.publish_parking();
+        self.loaded.send_replace(at);
+        backlog(name, *self.committed.borrow(), at);
         if !self.prepared {
             let (dest, tables) = (self.dest.clone(), self.context.tables.clone());
             retry(name, "prepare", || {
@@ -537,7 +553,7 @@ impl Follower {
     /// Loads one batch, retried with backoff. After `attempts` failures while the destination
     /// answers, the batch is parked and false returned; while it does not answer (down,
     /// unreachable), the batch waits for it, since the next one would fail the same way.
-    async fn load_or_park(&self, record: CommitRecord) -> Result<bool, LoadError> {
+    async fn load_or_park(&mut self, record: CommitRecord) -> Result<bool, LoadError> {
         let name = self.dest.name();
         let policy = self.context.retry;
         let mut delay = policy.backoff;
@@ -545,6 +561,24 @@ impl Follower {
         loop {
             let error = match self.dest.load(&record).await {
                 Ok(()) => {
+                    // Parked by a run that stopped before moving its cursor past it.
+                    if self.parked.remove(&record.batch) {
+                        let gone = Parked {
+                            destination: name.to_string(),
+                            batch: record.batch,
+                            error: String::new(),
+                            attempts: 0,
+                            parked_at: chrono::Utc::now(),
+                            skipped_at: None,
+                            record: record.clone(),
+                        };
+                        self.context
+                            .parked
+                            .loaded(&gone)
+                            .await
+                            .map_err(|e| LoadError::failed(name, e))?;
+                        self.publish_parking();
+                    }
                     if attempts > 0 {
                         tracing::info!(
                             destination = name,
@@ -559,7 +593,13 @@ impl Follower {
             };
             attempts += 1;
             metrics::counter!("weir_load_errors_total", "destination" => name).increment(1);
-            if attempts >= policy.attempts {
+            if attempts >= policy.attempts && error.is_throttling() {
+                tracing::warn!(
+                    destination = name,
+                    batch = record.batch,
+                    "{error}; throttled, so the batch waits instead of being parked"
+                );
+            } else if attempts >= policy.attempts {
                 match self.dest.ping().await {
                     Ok(()) => {
                         self.park(record, error.to_string(), attempts).await?;
@@ -588,7 +628,7 @@ impl Follower {
 
     /// Records a batch as parked; the destination goes on with the next one.
     async fn park(
-        &self,
+        &mut self,
         record: CommitRecord,
         error: String,
         attempts: u32,
@@ -620,14 +660,16 @@ impl Follower {
             }
         })
         .await?;
-        let mut now = *self.parking.borrow();
-        now.count += 1;
-        now.lowest = Some(now.lowest.map_or(parked.batch, |l| l.min(parked.batch)));
-        self.set_parking(now);
+        self.parked.insert(parked.batch);
+        self.publish_parking();
         Ok(())
     }
 
-    fn set_parking(&self, parking: Parking) {
+    fn publish_parking(&self) {
+        let parking = Parking {
+            count: self.parked.len(),
+            lowest: self.parked.first().copied(),
+        };
         metrics::gauge!("weir_load_parked_batches", "destination" => self.dest.name())
             .set(parking.count as f64);
         self.parking.send_replace(parking);

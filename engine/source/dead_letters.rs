@@ -4,13 +4,13 @@
 //! Which dead letters a replay batch took is in its plan, so a crashed replay batch is replayed
 //! over exactly the same ones.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use super::{Position, RawChunk};
@@ -75,6 +75,8 @@ fn conditions(job: &str, upto: u64, filter: &ReplayFilter, has_replayed: bool) -
     let mut c = vec![
         format!("d.job = {}", literal(job)),
         format!("d.batch <= {upto}"),
+        // Only the first bytes of a record cut at the limit were kept: it cannot come back.
+        format!("strpos(d.reason, {}) = 0", literal(super::files::CUT)),
     ];
     if let Some(r) = &filter.reason {
         c.push(format!("strpos(d.reason, {}) > 0", literal(r)));
@@ -94,25 +96,43 @@ fn conditions(job: &str, upto: u64, filter: &ReplayFilter, has_replayed: bool) -
     c.join(" AND ")
 }
 
-/// Up to `limit` dead letters of `job` from batches up to `upto` that match `filter` and were not
-/// replayed, oldest first, with their raw bytes.
+/// The next dead letters of `job` from batches up to `upto` that match `filter` and were not
+/// replayed, oldest first, with their raw bytes: at most `limit` of them and about `max_bytes`
+/// (at least one).
 pub async fn select(
     location: &Location,
     job: &str,
     upto: u64,
     filter: &ReplayFilter,
     limit: usize,
+    max_bytes: u64,
 ) -> Result<Vec<(DeadLetterKey, Bytes)>, ReplayError> {
     let (ctx, has_replayed) = session(location).await?;
     if !ctx.table_exist(DEAD_LETTERS)? {
         return Ok(Vec::new());
     }
+    // Keys and sizes first (of `raw_text`, the lossy UTF-8 of `raw`: about as long), then the raw
+    // bytes of the batch's share only.
     let sql = format!(
-        "SELECT d.batch, d.source, d.position, d.raw FROM {DEAD_LETTERS} d WHERE {} \
-         ORDER BY d.batch, d.source, d.position LIMIT {limit}",
+        "SELECT d.batch, d.source, d.position, CAST(octet_length(d.raw_text) AS BIGINT) \
+         FROM {DEAD_LETTERS} d WHERE {} ORDER BY d.batch, d.source, d.position LIMIT {limit}",
         conditions(job, upto, filter, has_replayed)
     );
-    rows(ctx.sql(&sql).await?.collect().await?)
+    let mut keys = Vec::new();
+    let mut bytes = 0u64;
+    for (key, size) in keyed(ctx.sql(&sql).await?.collect().await?, |b, i| {
+        b.column(3).as_primitive::<Int64Type>().value(i) as u64
+    })? {
+        if !keys.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    read_in(&ctx, job, &keys).await
 }
 
 /// Per reason, how many dead letters a replay with `filter` would take (`--dry-run`).
@@ -151,16 +171,54 @@ pub async fn read(
     keys: &[DeadLetterKey],
 ) -> Result<Vec<(DeadLetterKey, Bytes)>, ReplayError> {
     let (ctx, _) = session(location).await?;
-    let batches: BTreeSet<u64> = keys.iter().map(|k| k.batch).collect();
-    let list: Vec<String> = batches.iter().map(u64::to_string).collect();
+    read_in(&ctx, job, keys).await
+}
+
+/// The raw bytes of `keys`, joined with an in-memory table of them.
+async fn read_in(
+    ctx: &SessionContext,
+    job: &str,
+    keys: &[DeadLetterKey],
+) -> Result<Vec<(DeadLetterKey, Bytes)>, ReplayError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("batch", DataType::Int64, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("position", DataType::Utf8, false),
+    ]));
+    let wanted = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                keys.iter().map(|k| k.batch as i64),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                keys.iter().map(|k| &k.source),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                keys.iter().map(|k| &k.position),
+            )),
+        ],
+    )?;
+    ctx.register_table(
+        "wanted",
+        Arc::new(MemTable::try_new(schema, vec![vec![wanted]])?),
+    )?;
     let sql = format!(
-        "SELECT d.batch, d.source, d.position, d.raw FROM {DEAD_LETTERS} d \
-         WHERE d.job = {} AND d.batch IN ({})",
-        literal(job),
-        list.join(", ")
+        "SELECT d.batch, d.source, d.position, d.raw FROM {DEAD_LETTERS} d JOIN wanted w \
+         ON d.batch = w.batch AND d.source = w.source AND d.position = w.position \
+         WHERE d.job = {}",
+        literal(job)
     );
-    let all = rows(ctx.sql(&sql).await?.collect().await?)?;
-    let mut found: std::collections::BTreeMap<DeadLetterKey, Bytes> = all.into_iter().collect();
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    ctx.deregister_table("wanted")?;
+    let mut found = std::collections::BTreeMap::new();
+    for b in batches {
+        let raw = arrow::compute::cast(b.column(3), &DataType::Binary)?;
+        let raw = raw.as_binary::<i32>();
+        for (i, (key, ())) in keyed(vec![b.clone()], |_, _| ())?.into_iter().enumerate() {
+            found.insert(key, Bytes::copy_from_slice(raw.value(i)));
+        }
+    }
     keys.iter()
         .map(|k| {
             found
@@ -175,19 +233,17 @@ pub async fn read(
         .collect()
 }
 
-/// (batch, source, position, raw) rows as keys and bytes; string and binary views are cast.
-fn rows(batches: Vec<RecordBatch>) -> Result<Vec<(DeadLetterKey, Bytes)>, ReplayError> {
+/// Rows starting (batch, source, position) as keys, each with `value(batch, row)`.
+fn keyed<T>(
+    batches: Vec<RecordBatch>,
+    value: impl Fn(&RecordBatch, usize) -> T,
+) -> Result<Vec<(DeadLetterKey, T)>, ReplayError> {
     let mut out = Vec::new();
     for b in batches {
         let batch = b.column(0).as_primitive::<Int64Type>();
         let source = arrow::compute::cast(b.column(1), &DataType::Utf8)?;
         let position = arrow::compute::cast(b.column(2), &DataType::Utf8)?;
-        let raw = arrow::compute::cast(b.column(3), &DataType::Binary)?;
-        let (source, position, raw) = (
-            source.as_string::<i32>(),
-            position.as_string::<i32>(),
-            raw.as_binary::<i32>(),
-        );
+        let (source, position) = (source.as_string::<i32>(), position.as_string::<i32>());
         for i in 0..b.num_rows() {
             out.push((
                 DeadLetterKey {
@@ -195,38 +251,54 @@ fn rows(batches: Vec<RecordBatch>) -> Result<Vec<(DeadLetterKey, Bytes)>, Replay
                     source: source.value(i).to_string(),
                     position: position.value(i).to_string(),
                 },
-                Bytes::copy_from_slice(raw.value(i)),
+                value(&b, i),
             ));
         }
     }
     Ok(out)
 }
 
-/// The dead letters' records as chunks, one per run of the same source, in order.
+/// The dead letters' records as chunks of at most about `CHUNK_BYTES`, each from one source, in
+/// order.
 pub fn chunks(letters: &[(DeadLetterKey, Bytes)]) -> Vec<RawChunk> {
+    const CHUNK_BYTES: usize = 4 << 20;
     let mut out = Vec::new();
     for run in letters.chunk_by(|a, b| a.0.source == b.0.source) {
-        let mut data = Vec::with_capacity(run.iter().map(|(_, r)| r.len() + 1).sum());
-        let mut bounds = Vec::with_capacity(run.len());
-        for (_, raw) in run {
-            let start = data.len() as u32;
-            data.extend_from_slice(raw);
-            bounds.push((start, data.len() as u32));
-            data.push(b'\n');
-        }
-        out.push(RawChunk {
-            shard: Arc::from(run[0].0.source.as_str()),
-            input_bytes: data.len() as u64,
-            data: Bytes::from(data),
-            bounds,
-            // A position that does not parse (it always does) cannot fail the replay.
-            positions: run
+        let mut rest = run;
+        while !rest.is_empty() {
+            let mut size = 0;
+            let n = rest
                 .iter()
-                .map(|(k, _)| k.position.parse().unwrap_or(Position::Line(0)))
-                .collect(),
-            rejected: Vec::new(),
-            arrived_ms: None,
-        });
+                .take_while(|(_, raw)| {
+                    let fits = size == 0 || size + raw.len() < CHUNK_BYTES;
+                    size += raw.len() + 1;
+                    fits
+                })
+                .count();
+            let (part, tail) = rest.split_at(n);
+            rest = tail;
+            let mut data = Vec::with_capacity(part.iter().map(|(_, r)| r.len() + 1).sum());
+            let mut bounds = Vec::with_capacity(part.len());
+            for (_, raw) in part {
+                let start = data.len() as u32;
+                data.extend_from_slice(raw);
+                bounds.push((start, data.len() as u32));
+                data.push(b'\n');
+            }
+            out.push(RawChunk {
+                shard: Arc::from(part[0].0.source.as_str()),
+                input_bytes: data.len() as u64,
+                data: Bytes::from(data),
+                bounds,
+                // A position that does not parse (it always does) cannot fail the replay.
+                positions: part
+                    .iter()
+                    .map(|(k, _)| k.position.parse().unwrap_or(Position::Line(0)))
+                    .collect(),
+                rejected: Vec::new(),
+                arrived_ms: None,
+            });
+        }
     }
     out
 }

@@ -147,3 +147,58 @@ fn warehouse_config_and_type_errors_name_the_key_or_column_and_the_fix() {
         assert!(err.contains("CAST it to BIGINT"), "{err}");
     }
 }
+
+#[test]
+fn record_limits_load_retries_and_an_open_metrics_address_are_checked() {
+    let p = Project::ecommerce(10, 1, "max_records = 10");
+    let job = std::fs::read_to_string(p.job()).unwrap();
+
+    std::fs::write(
+        p.job(),
+        job.replace(
+            "max_record_bytes = \"256KiB\"",
+            "max_record_bytes = \"5GiB\"",
+        ),
+    )
+    .unwrap();
+    let err = fails(&p, "run");
+    assert!(err.contains("input.max_record_bytes"), "{err}");
+    assert!(err.contains("64MiB"), "{err}");
+
+    std::fs::write(
+        p.job(),
+        job.replace(
+            "lake = \"lake\"",
+            "lake = \"lake\"\nloads = { attempts = 0 }",
+        ),
+    )
+    .unwrap();
+    let err = fails(&p, "run");
+    assert!(err.contains("targets.local.loads.attempts"), "{err}");
+
+    std::fs::write(
+        p.job(),
+        job.replace(
+            "lake = \"lake\"",
+            "lake = \"lake\"\nloads = { backoff = \"soon\" }",
+        ),
+    )
+    .unwrap();
+    let err = fails(&p, "run");
+    assert!(err.contains("targets.local.loads.backoff"), "{err}");
+
+    // /metrics on every interface: the run goes on, with a warning.
+    std::fs::write(p.job(), &job).unwrap();
+    let out = run(
+        weir()
+            .arg("run")
+            .arg(p.job())
+            .args(["--quiet", "--metrics", "0.0.0.0:0"]),
+        true,
+    );
+    assert!(
+        stderr(&out).contains("open to the network without authentication"),
+        "{}",
+        stderr(&out)
+    );
+}

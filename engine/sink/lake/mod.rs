@@ -195,6 +195,21 @@ impl Lake {
         Ok(())
     }
 
+    /// Of `tables`, those that already hold batch `batch` (a crash after their commit).
+    pub async fn tables_holding(
+        &self,
+        batch: u64,
+        tables: &[String],
+    ) -> Result<Vec<String>, SinkError> {
+        let mut out = Vec::new();
+        for t in tables {
+            if self.delta.committed_batch(t).await?.unwrap_or(0) >= batch {
+                out.push(t.clone());
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates `_replayed` if missing: the first `weir replay` of a lake needs it.
     pub async fn prepare_replayed(&self) -> Result<(), SinkError> {
         self.delta

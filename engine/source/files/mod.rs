@@ -4,7 +4,7 @@
 mod reader;
 mod split;
 
-pub use split::Framing;
+pub use split::{CUT, Framing};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -11,6 +11,10 @@ use std::io::{self, BufRead};
 
 use memchr::{memchr, memchr2};
 
+/// In the reason of a record cut at the limit: `weir replay` leaves such dead letters alone,
+/// since only their first bytes were kept.
+pub const CUT: &str = "cut at the limit";
+
 /// How records are framed in a file.
 #[derive(Debug, Clone, Copy)]
 pub struct Framing {
@@ -184,18 +188,32 @@ impl<R: BufRead> Records<R> {
         if !ended && len == 0 && inner == 0 {
             return Ok(None);
         }
-        if !ended
-            && csv.is_some()
-            && state == Csv::Quoted
-            && let Some(record) = self.unclosed_quote(out, start)
-        {
-            return Ok(Some(record));
+        if !ended && csv.is_some() && state == Csv::Quoted {
+            if let Some(record) = self.unclosed_quote(out, start) {
+                return Ok(Some(record));
+            }
+            if len <= max as u64 {
+                return Ok(Some(Record {
+                    lines: 1,
+                    len,
+                    problem: Some(
+                        "a quoted field opened on this line is not closed before the end of the \
+                         file; close the quote or double it (\"\") inside the field"
+                            .into(),
+                    ),
+                }));
+            }
+        }
+        // A CRLF line end's `\r` is not part of the record (the caller drops it).
+        let whole = (out.len() - start) as u64 == len;
+        if ended && whole && out.last() == Some(&b'\r') {
+            len -= 1;
         }
         let problem = (len > max as u64).then(|| {
             out.truncate(start + max);
             format!(
                 "record is {len} bytes, over the limit of {max} (input.max_record_bytes); \
-                 its first {max} bytes are kept"
+                 its first {max} bytes are kept ({CUT})"
             )
         });
         Ok(Some(Record {
@@ -272,6 +290,17 @@ mod tests {
     }
 
     #[test]
+    fn a_crlf_line_end_does_not_count_against_the_limit() {
+        for csv in [false, true] {
+            assert_eq!(
+                split(b"abcd\r\nabcde\r\n", csv, 4, 2),
+                [rec("abcd\r", 1, 4, false), rec("abcd", 1, 6, true)],
+                "csv {csv}"
+            );
+        }
+    }
+
+    #[test]
     fn csv_quoted_newlines_stay_in_one_record() {
         let input = b"1,\"two\nlines\",x\n2,\"a \"\"quoted\"\"\nb\",y\n3,mid\"quote,z\n";
         for buf in [1, 2, 5, 1024] {
@@ -302,6 +331,11 @@ mod tests {
                 "buffer {buf}"
             );
         }
+        // At the end of the file without a line end: its only line.
+        assert_eq!(
+            split(b"1,\"open", true, 100, 3),
+            [rec("1,\"open", 1, 7, true)]
+        );
         // At the end of the file, within the limit: the same.
         assert_eq!(
             split(b"1,\"open\n2,b", true, 100, 7),

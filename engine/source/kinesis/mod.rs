@@ -20,6 +20,8 @@ use super::{BatchRange, Checkpoint, ChunkLimits, Position, RawChunk, Source, Sou
 pub use reader::ShardEnd;
 use reader::ShardRead;
 
+/// ListShards attempts at start (each with the SDK's own retries) before the run gives up.
+const START_ATTEMPTS: u32 = 4;
 /// Longest wait for one Kinesis call (GetRecords answers within seconds).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the shard list is refreshed to find shards created by resharding.
@@ -88,7 +90,7 @@ impl KinesisSource {
                 .timeout_config(timeouts)
                 .build(),
         );
-        shards::list(&client, stream).await?;
+        shards::list(&client, stream, Some(START_ATTEMPTS)).await?;
         Ok(Self {
             client,
             stream: stream.to_string(),
@@ -154,7 +156,7 @@ impl Source for KinesisSource {
                 }
                 _ = tx.closed() => return Ok(()),
             }
-            let listed = shards::list(&self.client, &self.stream).await?;
+            let listed = shards::list(&self.client, &self.stream, None).await?;
             for s in shards::ready(&listed, &started, &finished) {
                 let after = from.get(&s.id).cloned();
                 let start = match (&after, s.parents.is_empty()) {

@@ -22,6 +22,8 @@ const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Records per GetRecords call.
 const GET_LIMIT: i32 = 10_000;
+/// Empty answers at the tip of a shard before a replay concludes its range is gone.
+const EMPTY_AT_TIP_TO_GIVE_UP: u32 = 3;
 /// How far before the first LATEST iterator a re-created one starts (clock skew with Kinesis).
 const LATEST_CLOCK_MARGIN_MS: i64 = 1_000;
 /// Longest backoff after throttling or errors.
@@ -109,6 +111,7 @@ impl ShardRead {
         let mut iterator = self.iterator(&self.start).await?;
         let mut last = self.after.clone();
         // A replay starts at the recorded first sequence number; it must be the first one read.
+        let mut empty_at_tip = 0;
         let mut first_of_range = match (&self.until, &self.start) {
             (Some(_), StartAt::Sequence(seq)) => Some(seq.clone()),
             _ => None,
@@ -152,13 +155,14 @@ impl ShardRead {
             };
             backoff = Backoff::default();
             next_call = Instant::now() + MIN_CALL_INTERVAL;
+            let at_tip = resp.millis_behind_latest() == Some(0);
             let behind = resp.millis_behind_latest().unwrap_or(0);
             lag.set(behind as f64);
 
             let mut chunk = ChunkBuilder::new(self.shard.clone(), self.limits);
             let mut reached_end = false;
-            if let Some(first) = first_of_range.take()
-                && let Some(r) = resp.records().first()
+            if let Some(r) = resp.records().first()
+                && let Some(first) = first_of_range.take()
                 && r.sequence_number() != first
             {
                 return Err(self.range_gone(&first));
@@ -198,9 +202,17 @@ impl ShardRead {
                 Some(next) => iterator = next.to_string(),
                 None => return Ok(ShardEnd::Closed),
             }
+            empty_at_tip = if resp.records().is_empty() && at_tip {
+                empty_at_tip + 1
+            } else {
+                0
+            };
             if resp.records().is_empty() && behind == 0 {
-                // At the tip of the shard before the end of the range: the rest of it is gone.
-                if let Some(until) = &self.until {
+                // At the tip of the shard, several times over, before the end of the range: the
+                // rest of it is gone.
+                if let Some(until) = &self.until
+                    && empty_at_tip >= EMPTY_AT_TIP_TO_GIVE_UP
+                {
                     return Err(self.range_gone(&until.to_string()));
                 }
                 next_call = Instant::now() + IDLE_POLL;

@@ -16,8 +16,13 @@ pub struct ShardInfo {
 }
 
 /// Every shard of `stream`, following `ListShards` pages; throttling and server errors are retried
-/// with backoff, like GetRecords.
-pub async fn list(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, SourceError> {
+/// with backoff, like GetRecords: at most `attempts` times (at start, so that a wrong endpoint or
+/// region fails fast), or without end (`None`, while running).
+pub async fn list(
+    client: &Client,
+    stream: &str,
+    attempts: Option<u32>,
+) -> Result<Vec<ShardInfo>, SourceError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -26,10 +31,12 @@ pub async fn list(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, Sourc
             None => client.list_shards().stream_name(stream),
         };
         let mut backoff = Backoff::default();
+        let mut failed = 0;
         let resp = loop {
             match req.clone().send().await {
                 Ok(resp) => break resp,
-                Err(e) if is_retryable(&e) => {
+                Err(e) if is_retryable(&e) && attempts.is_none_or(|a| failed + 1 < a) => {
+                    failed += 1;
                     metrics::counter!("weir_kinesis_retries_total").increment(1);
                     backoff
                         .wait(stream, &format!("ListShards: {}", super::error_text(&e)))
