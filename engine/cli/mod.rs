@@ -161,7 +161,7 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Sen
 }
 
 /// Formats 1234567 as "1,234,567".
-pub(crate) fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

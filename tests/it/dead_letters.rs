@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use weir::cli::thousands;
+
 use crate::common::*;
 
 #[test]
@@ -341,17 +343,4 @@ fn replay_brings_fixed_dead_letters_back_exactly_once() {
         lake_table(&lake, "all_events")
     ));
     assert_eq!(n, ["3000"]);
-}
-
-/// 1234567 as "1,234,567".
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -397,28 +397,11 @@ print(sum(k.startswith("lake/_weir/ecommerce/commits/") for k in keys), sum(k.en
 
 #[test]
 fn throttling_and_server_errors_lose_nothing() {
-    use std::io::BufRead;
     let s = stream("throttle");
     let p = project(&s, "lake");
     produce(&s, 2000, &[]);
-    let mut proxy = Command::new(python_path())
-        .arg(repo().join("tests/stand-ins/faulty_proxy.py"))
-        .arg(endpoint("WEIR_TEST_KINESIS", "http://127.0.0.1:45670"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(proxy.stdout.take().unwrap()).lines();
-    let port = lines.next().unwrap().unwrap();
-    let mut child = aws_env(&mut p.run_cmd())
-        .args(["--target", "prod"])
-        .env(
-            "AWS_ENDPOINT_URL_KINESIS",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut proxy, port, lines) = fault_proxy(&[]);
+    let mut child = through_proxy(&p, port);
     wait_committed(&state(&p), 2000, &mut child);
     produce(&s, 1000, &["--seed", "5"]);
     wait_committed(&state(&p), 3000, &mut child);
@@ -536,16 +519,7 @@ fn latest_is_pinned_when_an_iterator_expires_before_the_first_record_and_list_sh
     with_source_keys(&p, &s, "start = \"latest\"");
     let release = p.root().join("release-iterators");
     let (mut proxy, port, mut lines) = fault_proxy(&["expire", &release.display().to_string()]);
-    let mut child = aws_env(&mut p.run_cmd())
-        .args(["--target", "prod"])
-        .env(
-            "AWS_ENDPOINT_URL_KINESIS",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = through_proxy(&p, port);
     // Both shards have had their LATEST iterator expire once. (kinesalite then holds the
     // AT_TIMESTAMP call that re-creates it until a record arrives after that time, unlike
     // Kinesis; Weir's call timeout makes it ask again.)
@@ -683,16 +657,7 @@ fn sigterm_during_start_up_or_the_replay_of_a_batch_stops_cleanly() {
     let plan = plan_past_the_end(&p);
     let release = p.root().join("never");
     let (mut proxy, port, mut lines) = fault_proxy(&["expire", &release.display().to_string()]);
-    let child = aws_env(&mut p.run_cmd())
-        .args(["--target", "prod"])
-        .env(
-            "AWS_ENDPOINT_URL_KINESIS",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = through_proxy(&p, port);
     while !lines
         .next()
         .expect("proxy output")
@@ -705,6 +670,21 @@ fn sigterm_during_start_up_or_the_replay_of_a_batch_stops_cleanly() {
     assert!(out.status.success(), "{:?}\n{}", out.status, stderr(&out));
     assert!(plan.exists(), "the plan stays for the next run");
     assert_exactly(&p, 200);
+}
+
+/// `weir run --target prod` with Kinesis behind the fault proxy on `port`.
+fn through_proxy(p: &Project, port: u16) -> Child {
+    aws_env(&mut p.run_cmd())
+        .args(["--target", "prod"])
+        .env(
+            "AWS_ENDPOINT_URL_KINESIS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::piped())
+        // Not piped: its retry warnings would fill a pipe nobody reads.
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// SIGTERM, then the output whatever the exit status.
