@@ -217,7 +217,7 @@ async fn retry(pick: &Pick) -> anyhow::Result<ExitCode> {
     for p in chosen {
         match dest.load(&p.record).await {
             Ok(()) => {
-                o.store.loaded(&p).await?;
+                o.store.forget(&p.destination, &p.record).await?;
                 println!("{}: batch {} loaded", p.destination, p.batch);
             }
             Err(e) => {

@@ -563,18 +563,9 @@ impl Follower {
                 Ok(()) => {
                     // Parked by a run that stopped before moving its cursor past it.
                     if self.parked.remove(&record.batch) {
-                        let gone = Parked {
-                            destination: name.to_string(),
-                            batch: record.batch,
-                            error: String::new(),
-                            attempts: 0,
-                            parked_at: chrono::Utc::now(),
-                            skipped_at: None,
-                            record: record.clone(),
-                        };
                         self.context
                             .parked
-                            .loaded(&gone)
+                            .forget(name, &record)
                             .await
                             .map_err(|e| LoadError::failed(name, e))?;
                         self.publish_parking();
@@ -620,9 +611,7 @@ impl Follower {
                     policy.attempts
                 );
             }
-            let jitter = rand::random_range(0.5..1.0);
-            tokio::time::sleep(delay.mul_f64(jitter)).await;
-            delay = (delay * 2).min(policy.max_backoff);
+            back_off(&mut delay, policy.max_backoff).await;
         }
     }
 
@@ -756,6 +745,13 @@ fn backlog(destination: &'static str, committed: u64, loaded: u64) {
         .set(committed.saturating_sub(loaded) as f64);
 }
 
+/// Sleeps `delay` with jitter (half to all of it), then doubles it up to `max`.
+async fn back_off(delay: &mut Duration, max: Duration) {
+    let jitter = rand::random_range(0.5..1.0);
+    tokio::time::sleep(delay.mul_f64(jitter)).await;
+    *delay = (*delay * 2).min(max);
+}
+
 /// Runs `f` until it succeeds; schema errors are not retried.
 async fn retry<T, F, Fut>(destination: &'static str, what: &str, mut f: F) -> Result<T, LoadError>
 where
@@ -781,9 +777,7 @@ where
                     destination,
                     "{what} failed (attempt {attempt}, retrying in {delay:?}): {e}"
                 );
-                let jitter = rand::random_range(0.5..1.0);
-                tokio::time::sleep(delay.mul_f64(jitter)).await;
-                delay = (delay * 2).min(BACKOFF_MAX);
+                back_off(&mut delay, BACKOFF_MAX).await;
             }
         }
     }

@@ -45,20 +45,23 @@ impl ParkedStore {
         Self { store, state }
     }
 
-    fn path(&self, folder: &str, p: &Parked) -> Path {
+    fn path(&self, folder: &str, destination: &str, record: &CommitRecord) -> Path {
         // A backfill is not a batch; its record carries the batch it goes up to.
-        let suffix = if p.record.backfill { "-snapshot" } else { "" };
+        let suffix = if record.backfill { "-snapshot" } else { "" };
         self.state
             .clone()
             .join(folder)
-            .join(p.destination.as_str())
-            .join(format!("{:020}{suffix}.json", p.batch))
+            .join(destination)
+            .join(format!("{:020}{suffix}.json", record.batch))
     }
 
     pub async fn park(&self, p: &Parked) -> Result<(), object_store::Error> {
         let body = serde_json::to_vec_pretty(p).expect("parked batch serializes");
         self.store
-            .put(&self.path(PARKED, p), PutPayload::from(body))
+            .put(
+                &self.path(PARKED, &p.destination, &p.record),
+                PutPayload::from(body),
+            )
             .await
             .map(|_| ())
     }
@@ -100,9 +103,17 @@ impl ParkedStore {
         Ok(out)
     }
 
-    /// A parked batch was loaded: forget it.
-    pub async fn loaded(&self, p: &Parked) -> Result<(), object_store::Error> {
-        match self.store.delete(&self.path(PARKED, p)).await {
+    /// `destination` loaded `record` after all: it is parked no more.
+    pub async fn forget(
+        &self,
+        destination: &str,
+        record: &CommitRecord,
+    ) -> Result<(), object_store::Error> {
+        match self
+            .store
+            .delete(&self.path(PARKED, destination, record))
+            .await
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -116,8 +127,11 @@ impl ParkedStore {
         };
         let body = serde_json::to_vec_pretty(&skipped).expect("parked batch serializes");
         self.store
-            .put(&self.path(SKIPPED, p), PutPayload::from(body))
+            .put(
+                &self.path(SKIPPED, &p.destination, &p.record),
+                PutPayload::from(body),
+            )
             .await?;
-        self.loaded(p).await
+        self.forget(&p.destination, &p.record).await
     }
 }

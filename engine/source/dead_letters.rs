@@ -215,9 +215,7 @@ async fn read_in(
     for b in batches {
         let raw = arrow::compute::cast(b.column(3), &DataType::Binary)?;
         let raw = raw.as_binary::<i32>();
-        for (i, (key, ())) in keyed(vec![b.clone()], |_, _| ())?.into_iter().enumerate() {
-            found.insert(key, Bytes::copy_from_slice(raw.value(i)));
-        }
+        found.extend(keyed(vec![b], |_, i| Bytes::copy_from_slice(raw.value(i)))?);
     }
     keys.iter()
         .map(|k| {
