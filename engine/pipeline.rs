@@ -647,7 +647,9 @@ impl Pipeline {
             self.commits.plan(&plan).await?;
         }
 
+        let planned = Instant::now();
         let outputs = self.transforms.run(batch.events).await?;
+        let transformed = Instant::now();
 
         self.lease.check().await?;
         let files = self
@@ -661,6 +663,7 @@ impl Pipeline {
                 replay,
             })
             .await?;
+        let written = Instant::now();
 
         for (shard, r) in &batch.range {
             self.checkpoint.insert(shard.clone(), r.last.clone());
@@ -707,6 +710,10 @@ impl Pipeline {
             batch = id,
             records = batch.records,
             files = files.len(),
+            plan_ms = (planned - flushed).as_millis() as u64,
+            transform_ms = (transformed - planned).as_millis() as u64,
+            write_ms = (written - transformed).as_millis() as u64,
+            commit_ms = written.elapsed().as_millis() as u64,
             "committed"
         );
         if self.policy.compact_every > 0 && id.is_multiple_of(self.policy.compact_every) {
@@ -888,7 +895,13 @@ impl Worker {
     /// Waits for the batch in flight, then starts processing `batch` as batch `id`.
     async fn submit(&mut self, id: u64, batch: Batch) -> Result<(), PipelineError> {
         if self.is_busy() {
+            let waited = Instant::now();
             self.done().await?;
+            tracing::debug!(
+                batch = id,
+                waited_ms = waited.elapsed().as_millis() as u64,
+                "gathered while the batch before was still being written"
+            );
         }
         let Worker::Idle(mut pipeline) = std::mem::replace(self, Worker::Gone) else {
             unreachable!("a worker is idle after done()");
@@ -936,11 +949,19 @@ async fn decode_loop(
     mut rx: mpsc::Receiver<RawChunk>,
     tx: mpsc::Sender<Decoded>,
 ) -> Result<(), SourceError> {
+    // Decoders are kept between chunks (their buffers are reused): one per chunk in flight.
+    let pool: Arc<std::sync::Mutex<Vec<Decoder>>> = Arc::default();
     let chunks = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
     let mut decoded = chunks
         .map(|chunk| {
-            let input = input.clone();
-            tokio::task::spawn_blocking(move || Decoder::new(&input).decode(&chunk))
+            let (input, pool) = (input.clone(), pool.clone());
+            tokio::task::spawn_blocking(move || {
+                let kept = pool.lock().expect("decoder pool").pop();
+                let mut decoder = kept.unwrap_or_else(|| Decoder::new(&input));
+                let decoded = decoder.decode(&chunk);
+                pool.lock().expect("decoder pool").push(decoder);
+                decoded
+            })
         })
         .buffered(DECODERS);
     while let Some(d) = decoded.next().await {

@@ -207,3 +207,40 @@ fn csv_values_get_the_same_checks() {
     assert_eq!(got[3], None, "a quoted newline is part of the field");
     assert!(got[4].as_deref().unwrap().contains("NUL"));
 }
+
+#[test]
+fn a_decoder_kept_across_chunks_decodes_each_alike() {
+    // The pipeline keeps decoders between chunks: a later, shorter chunk with a bad line and a
+    // line holding two records is judged as a fresh decoder would judge it.
+    let mut d = Decoder::new(&input(InputFormat::Json));
+    let many: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"id":"r{i}","n":{i}}}"#))
+        .collect();
+    let first = d.decode(&chunk(
+        &many.iter().map(|l| l.as_bytes()).collect::<Vec<_>>(),
+    ));
+    assert_eq!(
+        first.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        50
+    );
+    assert!(first.dead.is_empty());
+    for _ in 0..2 {
+        let lines: Vec<&[u8]> = vec![
+            br#"{"id":"a","n":1}"#,
+            br#"{"id":"b"} {"id":"c"}"#,
+            b"{broken",
+            br#"{"id":"d","n":4}"#,
+        ];
+        let out = d.decode(&chunk(&lines));
+        let all = arrow::compute::concat_batches(&out.batches[0].schema(), &out.batches).unwrap();
+        let ids: Vec<&str> = all.column(0).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(ids, ["a", "d"]);
+        let dead: Vec<_> = out.dead.iter().map(|d| d.position.clone()).collect();
+        assert_eq!(dead, [2, 3].map(Position::Line).to_vec(), "{:#?}", out.dead);
+        assert!(
+            out.dead[0].reason.contains("2 records"),
+            "{}",
+            out.dead[0].reason
+        );
+    }
+}

@@ -244,6 +244,7 @@ impl Lake {
             table: table.to_string(),
             source,
         };
+        let started = std::time::Instant::now();
         let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
         for b in batches.iter().filter(|b| b.num_rows() > 0) {
             for (k, v) in partition::split(b, &spec.partition_by).map_err(arrow_err)? {
@@ -272,7 +273,15 @@ impl Lake {
             }
             files.extend(written);
         }
+        let encoded = std::time::Instant::now();
         self.delta.commit_batch(table, batch, &added).await?;
+        tracing::debug!(
+            table,
+            batch,
+            encode_ms = (encoded - started).as_millis() as u64,
+            delta_commit_ms = encoded.elapsed().as_millis() as u64,
+            "table written"
+        );
         Ok(files)
     }
 
