@@ -135,6 +135,7 @@ fn stages(c: &mut Criterion) {
                 tables: &outputs,
                 dead_letters: &[],
                 replayed: &[],
+                late: &[],
                 replay: false,
             }))
             .unwrap()

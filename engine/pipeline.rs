@@ -14,7 +14,9 @@ use tokio::task::JoinSet;
 
 use crate::batch::Batch;
 use crate::commit::lease::{DEFAULT_LEASE_TTL, Lease, LeaseError};
-use crate::commit::{BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore};
+use crate::commit::{
+    BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore, WindowMark,
+};
 use crate::decode::{Decoded, Decoder};
 use crate::job::{BatchPolicy, Input, InputFormat, Job, JobError, SourceConfig};
 use crate::load::parked::ParkedStore;
@@ -23,14 +25,15 @@ use crate::load::{
     Backfill, Cursors, Destination, LakeFiles, LoadContext, LoadError, Loads, OutputTable,
 };
 use crate::sink::lake::dead_letters::DeadLetterKey;
-use crate::sink::lake::{DEAD_LETTERS, Lake, REPLAYED};
+use crate::sink::lake::{DEAD_LETTERS, LATE, Lake, REPLAYED};
 use crate::sink::{BatchOutput, Sink, SinkError};
 use crate::source::dead_letters::{self, ReplayError, ReplayFilter};
 use crate::source::files::{FileSource, Framing};
 use crate::source::kinesis::{KinesisSource, StartAt};
 use crate::source::{Checkpoint, ChunkLimits, RawChunk, Source, SourceError};
 use crate::storage::StorageError;
-use crate::transform::{TransformError, Transforms};
+use crate::transform::window::{WindowState, decode_state, encode_state};
+use crate::transform::{Step, TransformError, Transforms};
 
 /// Records per source chunk at most (smaller when `max_records` is smaller).
 const CHUNK_RECORDS: usize = 8192;
@@ -113,6 +116,10 @@ pub struct RunSummary {
     pub dead_letters: u64,
     pub batches: u64,
     pub replayed: u64,
+    /// Rows that came after their window was written (in `_late`).
+    pub late: u64,
+    /// Per window output, groups (window and key) held open at the end.
+    pub open_windows: BTreeMap<String, usize>,
     pub files: u64,
     pub bytes: u64,
     /// Small files merged by compaction, and the files they became.
@@ -141,7 +148,9 @@ pub struct Pipeline {
     job: Job,
     policy: BatchPolicy,
     source: Arc<dyn Source>,
-    transforms: Transforms,
+    /// Shared with the worker, which transforms the next batch while this one is written; only
+    /// ever one transform at a time (they share one session).
+    transforms: Arc<Transforms>,
     lake: Lake,
     commits: Arc<ObjectCommitStore>,
     /// This run's writer lease, renewed by `keep_lease`.
@@ -158,6 +167,8 @@ pub struct Pipeline {
     progress: ProgressBar,
     summary: RunSummary,
     checkpoint: Checkpoint,
+    /// Per window output, late rows up to the last commit.
+    late_so_far: BTreeMap<String, u64>,
 }
 
 /// A run's parts once every check passed, before the writer lease is taken.
@@ -212,7 +223,14 @@ impl Pipeline {
             .iter()
             .map(|t| (t.name.clone(), t.schema.clone()))
             .collect();
-        if let Err(e) = lake.prepare(&schemas).await {
+        let prepared = async {
+            lake.prepare(&schemas).await?;
+            if transforms.has_windows() {
+                lake.prepare_late().await?;
+            }
+            Ok::<_, SinkError>(())
+        };
+        if let Err(e) = prepared.await {
             lease.release().await;
             return Err(e.into());
         }
@@ -227,7 +245,7 @@ impl Pipeline {
             job,
             policy,
             source,
-            transforms,
+            transforms: Arc::new(transforms),
             lake,
             commits,
             lease,
@@ -241,6 +259,7 @@ impl Pipeline {
             progress: ProgressBar::hidden(),
             summary,
             checkpoint: Checkpoint::new(),
+            late_so_far: BTreeMap::new(),
         }))
     }
 
@@ -348,11 +367,12 @@ impl Pipeline {
             dec_tx,
         ));
 
-        // Batch N is transformed, written and committed on its own task while N+1 is read,
-        // decoded and gathered here: both cores stay busy, and at most two batches are held.
+        // Batch N is written and committed on its own task while N+1 is read, decoded and
+        // gathered here, then transformed while N is still being written: both cores stay busy,
+        // and at most two batches are held.
         let policy = self.policy;
         let mut lease_task = std::mem::take(&mut self.lease_task);
-        let mut worker = Worker::Idle(Box::new(self));
+        let mut worker = Worker::new(self);
         let mut stopping = false;
         let mut batch = Batch::default();
         let lost = loop {
@@ -394,7 +414,9 @@ impl Pipeline {
             });
         }
         drop(decoded);
-        if !batch.is_empty() {
+        // At the end of the input (not on a stop), window outputs finish every open window.
+        batch.flush = !stopping && worker.transforms.has_windows();
+        if !batch.is_empty() || (batch.flush && worker.has_open_windows()) {
             worker.submit(next, batch).await?;
         }
         let mut this = worker.finish().await?;
@@ -572,6 +594,7 @@ impl Pipeline {
     async fn recover(&mut self) -> Result<u64, PipelineError> {
         let recovered = self.commits.recover().await?;
         if let Some(last) = &recovered.last {
+            self.restore_windows(last).await?;
             self.checkpoint = last.checkpoint.clone();
             self.summary.last_batch = Some(last.batch);
             tracing::info!(
@@ -585,7 +608,9 @@ impl Pipeline {
                 batch = plan.batch,
                 "replaying a batch that was planned but not committed"
             );
-            let batch = if plan.dead_letters.is_empty() {
+            let batch = if plan.range.is_empty() && plan.dead_letters.is_empty() {
+                Ok(Batch::default())
+            } else if plan.dead_letters.is_empty() {
                 self.read_range(&plan).await
             } else {
                 self.lake.prepare_replayed().await?;
@@ -609,6 +634,10 @@ impl Pipeline {
                 }
                 other => other?,
             };
+            let batch = Batch {
+                flush: plan.flush,
+                ..batch
+            };
             self.process(plan.batch, batch, true).await?;
             self.summary.replayed += 1;
             next = plan.batch + 1;
@@ -629,12 +658,34 @@ impl Pipeline {
         Ok(batch)
     }
 
-    /// One batch: plan -> transform -> write -> commit.
+    /// One batch: transform -> plan -> write -> commit.
     async fn process(&mut self, id: u64, batch: Batch, replay: bool) -> Result<(), PipelineError> {
-        if batch.is_empty() {
+        if batch.is_empty() && !batch.flush {
             return Ok(());
         }
-        let flushed = Instant::now();
+        let transformed = Transformed::of(&self.transforms, batch).await?;
+        self.write_commit(id, transformed, replay).await
+    }
+
+    /// One transformed batch: plan -> write -> commit.
+    async fn write_commit(
+        &mut self,
+        id: u64,
+        transformed: Transformed,
+        replay: bool,
+    ) -> Result<(), PipelineError> {
+        let Transformed {
+            batch,
+            step,
+            flushed,
+            transform,
+        } = transformed;
+        let Step {
+            outputs,
+            late,
+            windows,
+        } = step;
+        let started = Instant::now();
         // A replayed batch is already planned; tables that hold it are skipped when writing.
         if !replay {
             let plan = BatchPlan {
@@ -643,13 +694,11 @@ impl Pipeline {
                 range: batch.range.clone(),
                 planned_at: chrono::Utc::now(),
                 dead_letters: batch.replayed.clone(),
+                flush: batch.flush,
             };
             self.commits.plan(&plan).await?;
         }
-
         let planned = Instant::now();
-        let outputs = self.transforms.run(batch.events).await?;
-        let transformed = Instant::now();
 
         self.lease.check().await?;
         let files = self
@@ -660,9 +709,12 @@ impl Pipeline {
                 tables: &outputs,
                 dead_letters: &batch.dead,
                 replayed: &batch.replayed,
+                late: &late,
                 replay,
             })
             .await?;
+        let late_rows: u64 = late.iter().map(|l| l.rows.num_rows() as u64).sum();
+        let windows = self.save_windows(id, windows, &late).await?;
         let written = Instant::now();
 
         for (shard, r) in &batch.range {
@@ -683,8 +735,12 @@ impl Pipeline {
             files: files.clone(),
             committed_at: chrono::Utc::now(),
             backfill: false,
+            windows,
         };
         self.commits.commit(&record).await?;
+        for (name, w) in &record.windows {
+            self.late_so_far.insert(name.clone(), w.late);
+        }
         if let Some(loads) = &self.loads {
             loads.committed(id);
         }
@@ -693,6 +749,12 @@ impl Pipeline {
         let s = &mut self.summary;
         s.records += batch.records as u64;
         s.dead_letters += batch.dead.len() as u64;
+        s.late += late_rows;
+        s.open_windows = record
+            .windows
+            .iter()
+            .map(|(n, w)| (n.clone(), w.groups as usize))
+            .collect();
         s.batches += 1;
         s.files += files.len() as u64;
         s.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
@@ -710,14 +772,87 @@ impl Pipeline {
             batch = id,
             records = batch.records,
             files = files.len(),
-            plan_ms = (planned - flushed).as_millis() as u64,
-            transform_ms = (transformed - planned).as_millis() as u64,
-            write_ms = (written - transformed).as_millis() as u64,
+            transform_ms = transform.as_millis() as u64,
+            plan_ms = (planned - started).as_millis() as u64,
+            write_ms = (written - planned).as_millis() as u64,
             commit_ms = written.elapsed().as_millis() as u64,
             "committed"
         );
         if self.policy.compact_every > 0 && id.is_multiple_of(self.policy.compact_every) {
             self.compact().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes each window output's open windows after batch `id` (Arrow IPC in the job's state
+    /// folder) and returns what the commit records of them.
+    async fn save_windows(
+        &self,
+        id: u64,
+        windows: BTreeMap<String, WindowState>,
+        late: &[crate::transform::LateRows],
+    ) -> Result<BTreeMap<String, WindowMark>, PipelineError> {
+        let mut marks = BTreeMap::new();
+        for (name, w) in windows {
+            let state = match &w.open {
+                Some(open) => {
+                    let bytes = encode_state(open).map_err(|source| SinkError::Arrow {
+                        table: name.clone(),
+                        source,
+                    })?;
+                    Some(self.commits.put_window(id, &name, bytes).await?)
+                }
+                None => None,
+            };
+            let before = self.late_so_far.get(&name).copied().unwrap_or(0);
+            let now: u64 = late
+                .iter()
+                .filter(|l| l.output == name)
+                .map(|l| l.rows.num_rows() as u64)
+                .sum();
+            metrics::counter!("weir_late_rows_total", "output" => name.clone()).increment(now);
+            metrics::gauge!("weir_window_open_groups", "output" => name.clone())
+                .set(w.groups() as f64);
+            if let Some(wm) = w.watermark {
+                metrics::gauge!("weir_window_watermark_seconds", "output" => name.clone())
+                    .set(wm as f64 / 1e6);
+            }
+            marks.insert(
+                name,
+                WindowMark {
+                    watermark: w.watermark,
+                    closed: w.closed,
+                    groups: w.groups() as u64,
+                    state,
+                    late: before + now,
+                },
+            );
+        }
+        Ok(marks)
+    }
+
+    /// Loads the window outputs' state recorded by the last commit.
+    async fn restore_windows(&mut self, last: &CommitRecord) -> Result<(), PipelineError> {
+        for (name, mark) in &last.windows {
+            let open = match &mark.state {
+                Some(file) => {
+                    let bytes = self.commits.get_window(file).await?;
+                    Some(decode_state(&bytes).map_err(|source| SinkError::Arrow {
+                        table: name.clone(),
+                        source,
+                    })?)
+                }
+                None => None,
+            };
+            self.late_so_far.insert(name.clone(), mark.late);
+            self.transforms.restore(
+                name,
+                WindowState {
+                    watermark: mark.watermark,
+                    closed: mark.closed,
+                    open,
+                },
+            );
         }
         Ok(())
     }
@@ -775,6 +910,9 @@ impl Pipeline {
             .map(|t| t.name.clone())
             .collect();
         tables.extend([DEAD_LETTERS.to_string(), REPLAYED.to_string()]);
+        if self.transforms.has_windows() {
+            tables.push(LATE.to_string());
+        }
         let vacuumed_before = self.last_vacuum;
         let done = self
             .lake
@@ -879,8 +1017,39 @@ fn record_metrics(
     }
 }
 
-/// The pipeline, idle or processing one batch on its own task.
-enum Worker {
+/// A batch and what the transforms made of it.
+struct Transformed {
+    /// The batch, its events taken by the transforms.
+    batch: Batch,
+    step: Step,
+    /// When the batch was closed.
+    flushed: Instant,
+    /// How long the transforms took.
+    transform: Duration,
+}
+
+impl Transformed {
+    async fn of(transforms: &Transforms, mut batch: Batch) -> Result<Self, TransformError> {
+        let flushed = Instant::now();
+        let events = std::mem::take(&mut batch.events);
+        let step = transforms.step(events, batch.flush).await?;
+        Ok(Self {
+            batch,
+            step,
+            flushed,
+            transform: flushed.elapsed(),
+        })
+    }
+}
+
+/// The pipeline, idle or writing one batch on its own task; and the transforms, which run the
+/// next batch meanwhile.
+struct Worker {
+    state: WorkerState,
+    transforms: Arc<Transforms>,
+}
+
+enum WorkerState {
     Idle(Box<Pipeline>),
     Busy(tokio::task::JoinHandle<(Box<Pipeline>, Result<(), PipelineError>)>),
     /// Only while a task is being started or joined, or after `abort`.
@@ -888,26 +1057,55 @@ enum Worker {
 }
 
 impl Worker {
-    fn is_busy(&self) -> bool {
-        matches!(self, Worker::Busy(_))
+    fn new(pipeline: Pipeline) -> Self {
+        Self {
+            transforms: pipeline.transforms.clone(),
+            state: WorkerState::Idle(Box::new(pipeline)),
+        }
     }
 
-    /// Waits for the batch in flight, then starts processing `batch` as batch `id`.
+    fn is_busy(&self) -> bool {
+        matches!(self.state, WorkerState::Busy(_))
+    }
+
+    /// Whether a window output holds open windows (after the last batch transformed).
+    fn has_open_windows(&self) -> bool {
+        self.transforms.open_groups().values().any(|&n| n > 0)
+    }
+
+    /// Transforms `batch` while the batch in flight is written, waits for that one, then starts
+    /// writing `batch` as batch `id`. Transforms run one at a time, in batch order: the next
+    /// starts only after this call returns.
     async fn submit(&mut self, id: u64, batch: Batch) -> Result<(), PipelineError> {
-        if self.is_busy() {
-            let waited = Instant::now();
-            self.done().await?;
+        if batch.is_empty() && !batch.flush {
+            return Ok(());
+        }
+        let transforms = self.transforms.clone();
+        let transform = tokio::spawn(async move { Transformed::of(&transforms, batch).await });
+        let waited = Instant::now();
+        let before = if self.is_busy() {
+            let done = self.done().await;
             tracing::debug!(
                 batch = id,
                 waited_ms = waited.elapsed().as_millis() as u64,
-                "gathered while the batch before was still being written"
+                "gathered and transformed while the batch before was still being written"
             );
-        }
-        let Worker::Idle(mut pipeline) = std::mem::replace(self, Worker::Gone) else {
+            done
+        } else {
+            Ok(())
+        };
+        let transformed = transform
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        // The batch before failing is the first error; this one was not planned yet.
+        before?;
+        let transformed = transformed?;
+        let WorkerState::Idle(mut pipeline) = std::mem::replace(&mut self.state, WorkerState::Gone)
+        else {
             unreachable!("a worker is idle after done()");
         };
-        *self = Worker::Busy(tokio::spawn(async move {
-            let r = pipeline.process(id, batch, false).await;
+        self.state = WorkerState::Busy(tokio::spawn(async move {
+            let r = pipeline.write_commit(id, transformed, false).await;
             (pipeline, r)
         }));
         Ok(())
@@ -915,28 +1113,28 @@ impl Worker {
 
     /// Waits for the batch in flight (cancel safe: the task keeps running if this is dropped).
     async fn done(&mut self) -> Result<(), PipelineError> {
-        let Worker::Busy(task) = self else {
+        let WorkerState::Busy(task) = &mut self.state else {
             return Ok(());
         };
         let (pipeline, result) = task
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        *self = Worker::Idle(pipeline);
+        self.state = WorkerState::Idle(pipeline);
         result
     }
 
     /// Waits for the batch in flight and hands the pipeline back.
     async fn finish(mut self) -> Result<Pipeline, PipelineError> {
         self.done().await?;
-        match self {
-            Worker::Idle(p) => Ok(*p),
+        match self.state {
+            WorkerState::Idle(p) => Ok(*p),
             _ => unreachable!("a worker is idle after done()"),
         }
     }
 
     /// Stops the batch in flight (the lease is lost: it must not commit).
     fn abort(&mut self) {
-        if let Worker::Busy(task) = self {
+        if let WorkerState::Busy(task) = &self.state {
             task.abort();
         }
     }

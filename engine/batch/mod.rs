@@ -27,6 +27,8 @@ pub struct Batch {
     pub opened: Option<Instant>,
     /// Source arrival time (epoch ms) of each chunk's oldest record, with the chunk's size.
     pub arrivals: Vec<(i64, usize)>,
+    /// The input ends with this batch: window outputs finish every open window.
+    pub flush: bool,
 }
 
 impl Batch {

@@ -169,6 +169,23 @@ pub(super) fn print_summary(command: &str, job: &str, target: &str, s: &RunSumma
         .map(|(t, n)| format!("{t} {}", thousands(*n)))
         .collect();
     println!("  rows     {}", rows.join(", "));
+    if !s.open_windows.is_empty() || s.late > 0 {
+        let open: Vec<String> = s
+            .open_windows
+            .iter()
+            .map(|(t, n)| format!("{t} {}", thousands(*n as u64)))
+            .collect();
+        println!(
+            "  windows  open groups: {}; {} late rows{}",
+            if open.is_empty() {
+                "none".into()
+            } else {
+                open.join(", ")
+            },
+            thousands(s.late),
+            if s.late > 0 { " (see table _late)" } else { "" }
+        );
+    }
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     println!(
         "  speed    {} events/s, {}/s ({:.2} s)",

@@ -72,6 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "committed_batch": committed,
             "committed_at": last.as_ref().map(|c| c.committed_at),
             "loads": loads,
+            "windows": last.as_ref().map(|c| &c.windows),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -85,6 +86,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             c.committed_at.format("%Y-%m-%d %H:%M:%S UTC")
         ),
         None => println!("  committed  nothing yet"),
+    }
+    for (name, w) in last.iter().flat_map(|c| &c.windows) {
+        let at = |us: Option<i64>| {
+            us.map_or("none yet".to_string(), |us| {
+                crate::transform::window::as_timestamp(us)
+                    .format("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string()
+            })
+        };
+        println!(
+            "  {name:<10} window output: {} open groups, watermark {}, written through {}, {} late rows",
+            w.groups,
+            at(w.watermark),
+            at(w.closed),
+            w.late
+        );
     }
     if rows.is_empty() {
         println!("  loads      none configured for this target");

@@ -27,6 +27,9 @@ pub struct BatchPlan {
     /// A replay batch (`weir replay`): exactly the dead letters it runs through the job again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dead_letters: Vec<DeadLetterKey>,
+    /// The input ended here: window outputs finish every open window (a replay does too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flush: bool,
 }
 
 /// Step 4 of a batch: what it wrote, and the checkpoint after it.
@@ -47,6 +50,25 @@ pub struct CommitRecord {
     /// to the lake (never written to the commit log).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backfill: bool,
+    /// Per window output, its watermark and open windows after this batch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub windows: BTreeMap<String, WindowMark>,
+}
+
+/// A window output's state after a batch, as its commit records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowMark {
+    /// The largest event time seen (µs since the epoch).
+    pub watermark: Option<i64>,
+    /// Windows ending at or before this (µs) are written; rows for them are late.
+    pub closed: Option<i64>,
+    /// Groups (window and key) held open.
+    pub groups: u64,
+    /// Their accumulator state, relative to the job's state folder (none when nothing is open).
+    pub state: Option<String>,
+    /// Late rows so far.
+    #[serde(default)]
+    pub late: u64,
 }
 
 /// What a restarting run finds.

@@ -22,6 +22,7 @@ pub struct ObjectCommitStore {
     commits: Path,
     latest: Path,
     manifests: Path,
+    windows: Path,
 }
 
 /// The newest commit's batch (a hint: the log itself is the truth).
@@ -39,11 +40,43 @@ impl ObjectCommitStore {
             plans: state.clone().join("plans"),
             commits: state.clone().join("commits"),
             latest: state.clone().join("latest.json"),
-            manifests: state.join("manifests"),
+            manifests: state.clone().join("manifests"),
+            windows: state.join("windows"),
         }
     }
 
-    /// Deletes plans, commits and manifests of batches before `before` that are older than
+    /// Writes a window output's open state after `batch` (Arrow IPC); returns its path relative
+    /// to the job's state folder, for the commit record. A replay writes the same bytes again.
+    pub async fn put_window(
+        &self,
+        batch: u64,
+        output: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, CommitError> {
+        let name = format!("{batch:020}-{output}.arrow");
+        let path = self.windows.clone().join(name.as_str());
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|source| CommitError::Store {
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(format!("windows/{name}"))
+    }
+
+    /// Reads a window state written by [`Self::put_window`].
+    pub async fn get_window(&self, name: &str) -> Result<bytes::Bytes, CommitError> {
+        let file = name.strip_prefix("windows/").unwrap_or(name);
+        let path = self.windows.clone().join(file);
+        let read = async { self.store.get(&path).await?.bytes().await };
+        read.await.map_err(|source| CommitError::Store {
+            path: path.to_string(),
+            source,
+        })
+    }
+
+    /// Deletes plans, commits, manifests and window states of batches before `before` that are older than
     /// `retention`. Lists those folders: call it rarely (the pipeline does hourly).
     pub async fn trim(
         &self,
@@ -53,7 +86,7 @@ impl ObjectCommitStore {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let mut deleted = 0;
-        for folder in [&self.plans, &self.commits, &self.manifests] {
+        for folder in [&self.plans, &self.commits, &self.manifests, &self.windows] {
             let old: Vec<Path> = self
                 .store
                 .list(Some(folder))
@@ -273,6 +306,7 @@ mod tests {
             range,
             planned_at: chrono::Utc::now(),
             dead_letters: Vec::new(),
+            flush: false,
         };
         log.plan(&plan).await.unwrap();
         let r = log.recover().await.unwrap();
@@ -292,6 +326,7 @@ mod tests {
             files: vec![],
             committed_at: chrono::Utc::now(),
             backfill: false,
+            windows: Default::default(),
         };
         log.commit(&record).await.unwrap();
         let err = log.commit(&record).await.unwrap_err().to_string();

@@ -1,5 +1,7 @@
 //! Deterministic, realistic e-commerce sample data: shopper sessions of product views, add-to-carts,
 //! purchases (a few % of views) and refunds, plus a `products.csv` with category, price and stock.
+//! Events come in time order, sessions interleaved, as a shop's stream delivers them (so a window
+//! output with a small lateness sees them on time).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -169,6 +171,8 @@ pub fn write(out: &Path, opts: &Options) -> std::io::Result<Generated> {
 /// One generated event.
 struct Event {
     time: DateTime<Utc>,
+    session: std::sync::Arc<str>,
+    user: u64,
     kind: &'static str,
     product: u32,
     quantity: Option<u32>,
@@ -176,7 +180,28 @@ struct Event {
     order: Option<u64>,
 }
 
-/// Produces events session by session, as JSON lines.
+/// A pending event, ordered by time (then by when it was made: deterministic).
+struct Pending(i64, u64, Event);
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        (self.0, self.1) == (other.0, other.1)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` is a max-heap, the earliest event comes first.
+        (other.0, other.1).cmp(&(self.0, self.1))
+    }
+}
+
+/// Produces events of interleaved sessions in time order, as JSON lines.
 pub struct EventStream {
     rng: ChaCha8Rng,
     catalogue: Vec<Product>,
@@ -184,9 +209,10 @@ pub struct EventStream {
     clock: DateTime<Utc>,
     /// Mean gap between session starts.
     gap_ms: f64,
-    queue: std::collections::VecDeque<Event>,
+    /// Events of the sessions started so far, earliest first.
+    queue: std::collections::BinaryHeap<Pending>,
+    made: u64,
     session: String,
-    user: u64,
     orders: u64,
 }
 
@@ -201,8 +227,8 @@ impl EventStream {
             clock: opts.start,
             gap_ms: opts.span.num_milliseconds() as f64 / sessions,
             queue: Default::default(),
+            made: 0,
             session: String::new(),
-            user: 0,
             orders: 0,
         }
     }
@@ -214,18 +240,28 @@ impl EventStream {
         &self.catalogue[i.min(n - 1)]
     }
 
+    fn push(&mut self, e: Event) {
+        self.made += 1;
+        self.queue
+            .push(Pending(e.time.timestamp_millis(), self.made, e));
+    }
+
+    /// Starts the next session at `clock` and queues its events; moves `clock` to the next start.
     fn new_session(&mut self) {
+        let user = self.rng.random_range(1..=self.users);
+        let session: std::sync::Arc<str> =
+            format!("s-{:012x}", self.rng.random::<u64>() & 0xffff_ffff_ffff).into();
+        let mut t = self.clock;
         let gap = -self.gap_ms * (1.0 - self.rng.random::<f64>()).ln();
         self.clock += Duration::milliseconds(gap as i64);
-        self.user = self.rng.random_range(1..=self.users);
-        self.session = format!("s-{:012x}", self.rng.random::<u64>() & 0xffff_ffff_ffff);
-        let mut t = self.clock;
         let views = 1 + (-(1.0 - self.rng.random::<f64>()).ln() * 3.0) as usize;
         for _ in 0..views.min(20) {
             let p = self.pick_product().clone();
             t += Duration::milliseconds(self.rng.random_range(2_000..60_000));
-            self.queue.push_back(Event {
+            self.push(Event {
                 time: t,
+                session: session.clone(),
+                user,
                 kind: "view",
                 product: p.id,
                 quantity: None,
@@ -241,8 +277,10 @@ impl EventStream {
                 self.rng.random_range(2..=4)
             };
             t += Duration::milliseconds(self.rng.random_range(1_000..30_000));
-            self.queue.push_back(Event {
+            self.push(Event {
                 time: t,
+                session: session.clone(),
+                user,
                 kind: "add_to_cart",
                 product: p.id,
                 quantity: Some(qty),
@@ -259,8 +297,10 @@ impl EventStream {
                 p.price_cents
             };
             t += Duration::milliseconds(self.rng.random_range(10_000..120_000));
-            self.queue.push_back(Event {
+            self.push(Event {
                 time: t,
+                session: session.clone(),
+                user,
                 kind: "purchase",
                 product: p.id,
                 quantity: Some(qty),
@@ -269,8 +309,10 @@ impl EventStream {
             });
             if self.rng.random_bool(P_REFUND) {
                 let later = t + Duration::minutes(self.rng.random_range(5..240));
-                self.queue.push_back(Event {
+                self.push(Event {
                     time: later,
+                    session: session.clone(),
+                    user,
                     kind: "refund",
                     product: p.id,
                     quantity: Some(qty),
@@ -294,10 +336,18 @@ impl EventStream {
     /// Appends the next event, stamped `now` instead of simulated time when given (live streams).
     pub fn next_line_at(&mut self, out: &mut String, now: Option<DateTime<Utc>>) {
         use std::fmt::Write as _;
-        if self.queue.is_empty() {
+        // Sessions start at `clock` or later, and their events come after their start: every
+        // queued event earlier than `clock` can go out.
+        while self
+            .queue
+            .peek()
+            .is_none_or(|p| p.0 >= self.clock.timestamp_millis())
+        {
             self.new_session();
         }
-        let mut e = self.queue.pop_front().expect("session has events");
+        let Pending(_, _, mut e) = self.queue.pop().expect("a session was started");
+        self.session.clear();
+        self.session.push_str(&e.session);
         if let Some(now) = now {
             e.time = now;
         }
@@ -312,8 +362,8 @@ impl EventStream {
             id as u64 & 0xffff_ffff_ffff,
             e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             e.kind,
-            self.session,
-            self.user,
+            e.session,
+            e.user,
             e.product,
         );
         if let Some(q) = e.quantity {

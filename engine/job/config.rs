@@ -134,6 +134,21 @@ pub struct OutputConfig {
     pub partition_by: Vec<String>,
     /// Roll over to a new file past this size (default "128MiB").
     pub target_file_size: Option<String>,
+    /// "batch" (default: each batch's rows as they come) or "window" (one final row per group
+    /// and window).
+    pub emit: Option<String>,
+    /// For emit = "window": which column holds the window start, the window's size and how long
+    /// to wait for late events.
+    pub window: Option<WindowConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    pub column: String,
+    pub size: String,
+    /// Default "0s".
+    pub lateness: Option<String>,
 }
 
 /// Attempts at loading one batch into one destination before it is parked.

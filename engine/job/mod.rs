@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::transform::window::WindowSpec;
 pub use config::{
     BigQueryConfig, CsvConfig, GlueConfig, InputFormat, PostgresConfig, RedshiftConfig,
     SourceConfig,
@@ -66,6 +67,8 @@ pub struct DimTable {
 pub struct OutputSpec {
     pub partition_by: Vec<String>,
     pub target_file_size: u64,
+    /// Set for `emit = "window"`; `None` writes each batch's rows as they come.
+    pub window: Option<WindowSpec>,
 }
 
 /// How a target's loads are retried (`[targets.X.loads]`).
@@ -264,11 +267,13 @@ impl Job {
                     .unwrap_or(config::DEFAULT_TARGET_FILE_SIZE),
             )
             .map_err(|m| bad(&format!("outputs.{name}.target_file_size"), m))?;
+            let window = parse_window(name, o, &raw.input, &bad)?;
             outputs.insert(
                 name.clone(),
                 OutputSpec {
                     partition_by: o.partition_by.clone(),
                     target_file_size,
+                    window,
                 },
             );
         }
@@ -412,7 +417,52 @@ impl Job {
                 partition_by: Vec::new(),
                 target_file_size: units::parse_bytes(config::DEFAULT_TARGET_FILE_SIZE)
                     .unwrap_or(u64::MAX),
+                window: None,
             })
+    }
+}
+
+/// `emit` and `window` of `[outputs.<name>]`.
+fn parse_window(
+    name: &str,
+    o: &config::OutputConfig,
+    input: &config::InputConfig,
+    bad: &dyn Fn(&str, String) -> JobError,
+) -> Result<Option<WindowSpec>, JobError> {
+    let key = |k: &str| format!("outputs.{name}.{k}");
+    match (o.emit.as_deref().unwrap_or("batch"), &o.window) {
+        ("batch", None) => Ok(None),
+        ("batch", Some(_)) => Err(bad(
+            &key("window"),
+            "a window needs emit = \"window\"; add it, or remove window".into(),
+        )),
+        ("window", None) => Err(bad(
+            &key("window"),
+            "emit = \"window\" needs window = { column = \"minute\", size = \"1m\", lateness = \"30s\" }".into(),
+        )),
+        ("window", Some(w)) => {
+            if input.time_column.is_none() {
+                return Err(bad(
+                    "input.time_column",
+                    format!("outputs.{name} has emit = \"window\": its watermark is the largest event time seen, so set input.time_column to the events' time column"),
+                ));
+            }
+            let size = units::parse_duration(&w.size).map_err(|m| bad(&key("window.size"), m))?;
+            if size.is_zero() {
+                return Err(bad(&key("window.size"), "a window must last more than 0s".into()));
+            }
+            let lateness = units::parse_duration(w.lateness.as_deref().unwrap_or("0s"))
+                .map_err(|m| bad(&key("window.lateness"), m))?;
+            Ok(Some(WindowSpec {
+                column: w.column.clone(),
+                size,
+                lateness,
+            }))
+        }
+        (other, _) => Err(bad(
+            &key("emit"),
+            format!("unknown mode \"{other}\"; use \"batch\" (each batch's rows as they come) or \"window\" (one final row per group and window)"),
+        )),
     }
 }
 

@@ -735,6 +735,7 @@ impl Backfill {
             files,
             committed_at: chrono::Utc::now(),
             backfill: true,
+            windows: Default::default(),
         })
     }
 }

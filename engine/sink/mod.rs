@@ -19,6 +19,8 @@ pub struct BatchOutput<'a> {
     pub dead_letters: &'a [DeadLetter],
     /// A replay batch's dead letters, run through the job again (`_replayed` rows).
     pub replayed: &'a [DeadLetterKey],
+    /// Rows that came after their window was written (`_late` rows).
+    pub late: &'a [crate::transform::LateRows],
     /// A replay after a crash: tables may already hold the batch.
     pub replay: bool,
 }

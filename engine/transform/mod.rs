@@ -3,10 +3,11 @@
 //! outputs. Only queries are allowed, and every plan is checked at start-up.
 
 mod order;
+pub mod window;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -18,7 +19,8 @@ use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
-use crate::job::{DimTable, Job};
+use crate::job::{DimTable, Job, WindowSpec};
+use window::WindowState;
 
 /// The table each micro-batch is registered as.
 pub const EVENTS: &str = "events";
@@ -97,6 +99,31 @@ pub struct Transforms {
     pub transforms: Vec<Transform>,
     /// Output schemas, in execution order.
     pub schemas: Vec<SchemaRef>,
+    /// Window outputs: their window, and its column's position among the GROUP BY keys.
+    windows: BTreeMap<String, (WindowSpec, usize)>,
+    /// The events' time column (the watermark).
+    time_column: Option<String>,
+    /// Window outputs' state after the last batch [`Transforms::step`] ran.
+    state: Mutex<BTreeMap<String, WindowState>>,
+}
+
+/// One batch through the transforms, window outputs kept across batches.
+pub struct Step {
+    pub outputs: Vec<TableOutput>,
+    /// Rows that came too late for their window, per window output.
+    pub late: Vec<LateRows>,
+    /// Every window output's state after this batch.
+    pub windows: BTreeMap<String, WindowState>,
+}
+
+/// Rows (as a window output's aggregate reads them) for windows already written.
+pub struct LateRows {
+    pub output: String,
+    pub rows: RecordBatch,
+    /// Each row's window start, µs.
+    pub starts: Vec<Option<i64>>,
+    /// The watermark before the batch, µs.
+    pub watermark: Option<i64>,
 }
 
 impl Transforms {
@@ -118,14 +145,91 @@ impl Transforms {
             }
         }
         let transforms = order::sort(loaded)?;
+        let windowed = job.outputs.values().any(|o| o.window.is_some());
+        if windowed {
+            // count(DISTINCT x) stays one aggregate (its state is the set of values) instead of
+            // becoming two stacked ones, which could not be kept per window.
+            ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
+        }
         let mut this = Self {
             ctx,
             events_schema,
             transforms,
             schemas: Vec::new(),
+            windows: BTreeMap::new(),
+            time_column: job.input.time_column.clone(),
+            state: Mutex::default(),
         };
         this.schemas = this.check(job).await?;
+        this.windows = this.check_windows(job).await?;
         Ok(this)
+    }
+
+    /// Checks that each window output's query can be kept per window (see `window::analyze`).
+    async fn check_windows(
+        &self,
+        job: &Job,
+    ) -> Result<BTreeMap<String, (WindowSpec, usize)>, TransformError> {
+        let mut out = BTreeMap::new();
+        for t in &self.transforms {
+            let Some(spec) = job.output(&t.name).window else {
+                continue;
+            };
+            let plan = self
+                .ctx
+                .state()
+                .statement_to_plan(t.statement.clone())
+                .await
+                .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+            let group =
+                window::analyze(&plan, &spec.column).map_err(|message| TransformError::Sql {
+                    file: t.file.display().to_string(),
+                    at: String::new(),
+                    message: format!(
+                        "outputs.{} has emit = \"window\" in {}, but {message}",
+                        t.name,
+                        job.file.display()
+                    ),
+                })?;
+            out.insert(t.name.clone(), (spec, group));
+        }
+        Ok(out)
+    }
+
+    /// Whether any output is a window output.
+    pub fn has_windows(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
+    /// Groups held open, per window output.
+    pub fn open_groups(&self) -> BTreeMap<String, usize> {
+        let state = self.state.lock().expect("window state");
+        self.windows
+            .keys()
+            .map(|n| (n.clone(), state.get(n).map_or(0, WindowState::groups)))
+            .collect()
+    }
+
+    /// Sets a window output's state (from the last commit, when a run starts).
+    pub fn restore(&self, output: &str, state: WindowState) {
+        // An output that is no longer a window output (or gone) starts afresh if it comes back.
+        if !self.windows.contains_key(output) {
+            return;
+        }
+        self.state
+            .lock()
+            .expect("window state")
+            .insert(output.to_string(), state);
+    }
+
+    /// Runs every transform on one batch, window outputs folding it into their state (one
+    /// `step` at a time, in batch order). `flush`: the input has ended, finish every window.
+    pub async fn step(
+        &self,
+        events: Vec<RecordBatch>,
+        flush: bool,
+    ) -> Result<Step, TransformError> {
+        self.execute(events, Some(flush)).await
     }
 
     /// Plans every transform on an empty batch and checks each output's settings.
@@ -168,8 +272,24 @@ impl Transforms {
         Ok(outputs.into_iter().map(|o| o.schema).collect())
     }
 
-    /// Runs every transform on one batch, in dependency order.
+    /// Runs every transform on one batch alone, in dependency order: window outputs give every
+    /// window of the batch as if the input ended with it (fixtures, checks).
     pub async fn run(&self, events: Vec<RecordBatch>) -> Result<Vec<TableOutput>, TransformError> {
+        Ok(self.execute(events, None).await?.outputs)
+    }
+
+    /// Runs every transform on one batch; `windows`: keep window outputs' state (`Some(flush)`).
+    async fn execute(
+        &self,
+        events: Vec<RecordBatch>,
+        windows: Option<bool>,
+    ) -> Result<Step, TransformError> {
+        let max_time = match (&self.time_column, windows) {
+            (Some(column), Some(_)) => self.max_time(&events, column)?,
+            _ => None,
+        };
+        let mut states = self.state.lock().expect("window state").clone();
+        let mut late = Vec::new();
         self.replace_table(EVENTS, self.events_schema.clone(), events)
             .map_err(|source| TransformError::Execute {
                 file: EVENTS.into(),
@@ -190,13 +310,31 @@ impl Transforms {
                 .await
                 .map_err(|e| sql_error(&t.file, &t.sql, e))?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df
-                .collect()
-                .await
-                .map_err(|source| TransformError::Execute {
-                    file: t.file.display().to_string(),
-                    source,
-                })?;
+            let failed = |source| TransformError::Execute {
+                file: t.file.display().to_string(),
+                source,
+            };
+            let batches = match (windows, self.windows.get(&t.name)) {
+                (Some(flush), Some((spec, group))) => {
+                    let task = Arc::new(df.task_ctx());
+                    let plan = df.create_physical_plan().await.map_err(failed)?;
+                    let before = states.remove(&t.name).unwrap_or_default();
+                    let stepped = window::step(&plan, task, spec, *group, &before, max_time, flush)
+                        .await
+                        .map_err(failed)?;
+                    for (rows, starts) in stepped.late {
+                        late.push(LateRows {
+                            output: t.name.clone(),
+                            rows,
+                            starts,
+                            watermark: before.watermark,
+                        });
+                    }
+                    states.insert(t.name.clone(), stepped.state);
+                    stepped.rows
+                }
+                _ => df.collect().await.map_err(failed)?,
+            };
             self.replace_table(&t.name, schema.clone(), batches.clone())
                 .map_err(|source| TransformError::Execute {
                     file: t.file.display().to_string(),
@@ -219,7 +357,34 @@ impl Transforms {
                     source,
                 })?;
         }
-        Ok(outputs)
+        if windows.is_some() {
+            *self.state.lock().expect("window state") = states.clone();
+        }
+        Ok(Step {
+            outputs,
+            late,
+            windows: states,
+        })
+    }
+
+    /// The largest value of the time column in `events`, µs.
+    fn max_time(
+        &self,
+        events: &[RecordBatch],
+        column: &str,
+    ) -> Result<Option<i64>, TransformError> {
+        let mut max = None;
+        for b in events {
+            let Some(c) = b.column_by_name(column) else {
+                continue;
+            };
+            let m = window::max_time(c).map_err(|source| TransformError::Execute {
+                file: EVENTS.into(),
+                source,
+            })?;
+            max = max.max(m);
+        }
+        Ok(max)
     }
 
     fn replace_table(

@@ -1,5 +1,6 @@
 -- Per product and minute: views, add-to-carts, purchases, revenue and view-to-purchase conversion.
--- Rows are per micro-batch: a minute that spans two batches has two rows; sum them when reading.
+-- A window output (emit = "window" in the job): one row per product and minute, written once the
+-- watermark is 2 minutes past the minute's end; rows that come later go to the _late table.
 SELECT
     product_id,
     date_trunc('minute', event_time) AS minute,
@@ -14,5 +15,5 @@ SELECT
     END AS conversion,
     CAST(date_trunc('minute', event_time) AS DATE) AS dt
 FROM events
-WHERE product_id IS NOT NULL
+WHERE product_id IS NOT NULL AND event_type IN ('view', 'add_to_cart', 'purchase')
 GROUP BY product_id, date_trunc('minute', event_time)

@@ -454,6 +454,7 @@ fn two_writers_cannot_commit_the_same_batch_on_s3() {
         files: vec![],
         committed_at: chrono::Utc::now(),
         backfill: false,
+        windows: Default::default(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -8,3 +8,4 @@ mod ecommerce;
 mod errors;
 mod kinesis;
 mod warehouses;
+mod windows;

@@ -13,12 +13,15 @@
 //! _weir/<job>/parked/<destination>/<batch>.json   batches a destination failed for good
 //! _weir/<job>/skipped/<destination>/<batch>.json  parked batches given up (`weir loads skip`)
 //! _weir/<job>/manifests/<batch>-<table>.manifest   Redshift COPY manifests
+//! _weir/<job>/windows/<batch>-<output>.arrow      a window output's open windows after a batch
 //! ```
 
 /// Folder of the dead-letter table.
 pub const DEAD_LETTERS: &str = "_dead_letters";
 /// Folder of the table of dead letters run through the job again (`weir replay`).
 pub const REPLAYED: &str = "_replayed";
+/// Folder of the table of rows that came after their window was written (`emit = "window"`).
+pub const LATE: &str = "_late";
 /// Folder of Weir's own state, beside the tables.
 pub const STATE: &str = "_weir";
 

@@ -7,6 +7,7 @@ mod compact;
 pub mod dead_letters;
 pub mod delta;
 mod encode;
+pub mod late;
 pub mod layout;
 mod migrate;
 pub mod partition;
@@ -25,7 +26,7 @@ use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use compact::{Compacted, batch_of};
-pub use layout::{DEAD_LETTERS, Layout, REPLAYED, STATE};
+pub use layout::{DEAD_LETTERS, LATE, Layout, REPLAYED, STATE};
 pub use migrate::Migrated;
 
 use super::{BatchOutput, Sink, SinkError, WrittenFile};
@@ -208,6 +209,12 @@ impl Lake {
             }
         }
         Ok(out)
+    }
+
+    /// Creates `_late` if missing: a job with window outputs needs it.
+    pub async fn prepare_late(&self) -> Result<(), SinkError> {
+        self.delta.ensure(LATE, &late::schema(), &[]).await?;
+        Ok(())
     }
 
     /// Creates `_replayed` if missing: the first `weir replay` of a lake needs it.
@@ -549,10 +556,25 @@ impl Sink for Lake {
                     })?;
             Some((batch.schema(), vec![batch]))
         };
+        let late = if out.late.is_empty() {
+            None
+        } else {
+            let batch = late::to_batch(out.job, out.batch, out.late).map_err(|source| {
+                SinkError::Arrow {
+                    table: LATE.into(),
+                    source,
+                }
+            })?;
+            Some((batch.schema(), vec![batch]))
+        };
         let tables = out
             .tables
             .iter()
             .map(|t| (t.name.as_str(), &t.schema, t.batches.as_slice()))
+            .chain(
+                late.iter()
+                    .map(|(schema, rows)| (LATE, schema, rows.as_slice())),
+            )
             .chain(
                 dead.iter()
                     .map(|(schema, rows)| (DEAD_LETTERS, schema, rows.as_slice())),
