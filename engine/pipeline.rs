@@ -359,8 +359,9 @@ impl Pipeline {
         let (raw_tx, raw_rx) = mpsc::channel::<RawChunk>(CHANNEL_CHUNKS);
         let (dec_tx, mut decoded) = mpsc::channel::<Decoded>(CHANNEL_CHUNKS);
         let mut tasks: JoinSet<Result<(), SourceError>> = JoinSet::new();
-        let (source, from) = (self.source.clone(), self.checkpoint.clone());
-        tasks.spawn(async move { source.read(&from, raw_tx).await });
+        let source = self.source.clone();
+        let (reader, from) = (self.source.clone(), self.checkpoint.clone());
+        tasks.spawn(async move { reader.read(&from, raw_tx).await });
         tasks.spawn(decode_loop(
             Arc::new(self.job.input.clone()),
             raw_rx,
@@ -414,23 +415,33 @@ impl Pipeline {
             });
         }
         drop(decoded);
-        // At the end of the input (not on a stop), window outputs finish every open window.
-        batch.flush = !stopping && worker.transforms.has_windows();
+        if stopping {
+            // The source may be waiting on a quiet stream: stop it; the decoder then drains.
+            tasks.abort_all();
+        }
+        // The reader and decoder are done (the channel closed): how did they end?
+        let mut failed = None;
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                Ok(Ok(())) => {}
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        // At the end of a file input (not on a stop, not when reading failed), window outputs
+        // finish every open window: a failed or stopped run leaves them to the next.
+        batch.flush =
+            !stopping && failed.is_none() && worker.transforms.has_windows() && source.bounded();
         if !batch.is_empty() || (batch.flush && worker.has_open_windows()) {
             worker.submit(next, batch).await?;
         }
         let mut this = worker.finish().await?;
         this.lease_task = lease_task;
-        if stopping {
-            // The source may be waiting on a quiet stream: stop it; the decoder then drains.
-            tasks.abort_all();
-        }
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok(r) => r?,
-                Err(e) if e.is_cancelled() => {}
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         this.wrap_up(stopping, &mut shutdown, started).await
     }
@@ -739,7 +750,15 @@ impl Pipeline {
         };
         self.commits.commit(&record).await?;
         for (name, w) in &record.windows {
-            self.late_so_far.insert(name.clone(), w.late);
+            let before = self.late_so_far.insert(name.clone(), w.late).unwrap_or(0);
+            metrics::counter!("weir_late_rows_total", "output" => name.clone())
+                .increment(w.late.saturating_sub(before));
+            metrics::gauge!("weir_window_open_groups", "output" => name.clone())
+                .set(w.groups as f64);
+            if let Some(wm) = w.watermark {
+                metrics::gauge!("weir_window_watermark_seconds", "output" => name.clone())
+                    .set(wm as f64 / 1e6);
+            }
         }
         if let Some(loads) = &self.loads {
             loads.committed(id);
@@ -810,13 +829,6 @@ impl Pipeline {
                 .filter(|l| l.output == name)
                 .map(|l| l.rows.num_rows() as u64)
                 .sum();
-            metrics::counter!("weir_late_rows_total", "output" => name.clone()).increment(now);
-            metrics::gauge!("weir_window_open_groups", "output" => name.clone())
-                .set(w.groups() as f64);
-            if let Some(wm) = w.watermark {
-                metrics::gauge!("weir_window_watermark_seconds", "output" => name.clone())
-                    .set(wm as f64 / 1e6);
-            }
             marks.insert(
                 name,
                 WindowMark {

@@ -45,15 +45,17 @@ impl ObjectCommitStore {
         }
     }
 
-    /// Writes a window output's open state after `batch` (Arrow IPC); returns its path relative
-    /// to the job's state folder, for the commit record. A replay writes the same bytes again.
+    /// Writes a window output's open state after `batch` (Arrow IPC) under a new name; returns
+    /// it relative to the job's state folder, for the commit record. Each attempt writes its own
+    /// file, so a writer that lost its lease cannot change the state a commit names.
     pub async fn put_window(
         &self,
         batch: u64,
         output: &str,
         bytes: Vec<u8>,
     ) -> Result<String, CommitError> {
-        let name = format!("{batch:020}-{output}.arrow");
+        let attempt = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let name = format!("{batch:020}-{output}-{attempt}.arrow");
         let path = self.windows.clone().join(name.as_str());
         self.store
             .put(&path, PutPayload::from(bytes))

@@ -171,6 +171,11 @@ pub trait Source: Send + Sync {
     fn describe(&self) -> String;
     /// Total input bytes, when known (drives the progress bar).
     fn size_hint(&self) -> Option<u64>;
+    /// Whether the input has an end (files), after which window outputs finish every window;
+    /// a stream has none, even when its reader stops.
+    fn bounded(&self) -> bool {
+        false
+    }
     /// Reads every record after `from`, in order, until the input is exhausted or the receiver
     /// is dropped.
     async fn read(&self, from: &Checkpoint, tx: mpsc::Sender<RawChunk>) -> Result<(), SourceError>;

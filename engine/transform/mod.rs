@@ -14,7 +14,8 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::config::Dialect;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext, SessionState};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -105,6 +106,8 @@ pub struct Transforms {
     time_column: Option<String>,
     /// Window outputs' state after the last batch [`Transforms::step`] ran.
     state: Mutex<BTreeMap<String, WindowState>>,
+    /// How window outputs are planned (the same tables; see [`window_session`]).
+    window_session: Option<SessionState>,
 }
 
 /// One batch through the transforms, window outputs kept across batches.
@@ -146,13 +149,10 @@ impl Transforms {
         }
         let transforms = order::sort(loaded)?;
         let windowed = job.outputs.values().any(|o| o.window.is_some());
-        if windowed {
-            // count(DISTINCT x) stays one aggregate (its state is the set of values) instead of
-            // becoming two stacked ones, which could not be kept per window.
-            ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
-        }
+        let window_session = windowed.then(|| window_session(&ctx));
         let mut this = Self {
             ctx,
+            window_session,
             events_schema,
             transforms,
             schemas: Vec::new(),
@@ -175,14 +175,14 @@ impl Transforms {
             let Some(spec) = job.output(&t.name).window else {
                 continue;
             };
-            let plan = self
-                .ctx
-                .state()
+            let state = self.window_session.as_ref().expect("a window session");
+            let plan = state
                 .statement_to_plan(t.statement.clone())
                 .await
                 .map_err(|e| sql_error(&t.file, &t.sql, e))?;
-            let group =
-                window::analyze(&plan, &spec.column).map_err(|message| TransformError::Sql {
+            let dims: BTreeSet<&str> = job.tables.iter().map(|d| d.name.as_str()).collect();
+            let group = window::analyze(&plan, &spec.column, &dims).map_err(|message| {
+                TransformError::Sql {
                     file: t.file.display().to_string(),
                     at: String::new(),
                     message: format!(
@@ -190,7 +190,8 @@ impl Transforms {
                         t.name,
                         job.file.display()
                     ),
-                })?;
+                }
+            })?;
             out.insert(t.name.clone(), (spec, group));
         }
         Ok(out)
@@ -288,6 +289,7 @@ impl Transforms {
             (Some(column), Some(_)) => self.max_time(&events, column)?,
             _ => None,
         };
+        let no_events = events.iter().all(|b| b.num_rows() == 0);
         let mut states = self.state.lock().expect("window state").clone();
         let mut late = Vec::new();
         self.replace_table(EVENTS, self.events_schema.clone(), events)
@@ -295,8 +297,48 @@ impl Transforms {
                 file: EVENTS.into(),
                 source,
             })?;
-        let mut outputs = Vec::with_capacity(self.transforms.len());
+        let mut outputs: Vec<TableOutput> = Vec::with_capacity(self.transforms.len());
         for t in &self.transforms {
+            let window = windows.and_then(|flush| Some((flush, self.windows.get(&t.name)?)));
+            // A batch that only finishes windows (the end of the input) has no events: the
+            // per-batch outputs run only on what window outputs wrote (a global aggregate of
+            // `events` would write an extra row of zeros).
+            if no_events && windows.is_some() && window.is_none() {
+                let fed = outputs
+                    .iter()
+                    .any(|o| t.deps.contains(&o.name) && o.rows() > 0);
+                if !fed {
+                    let schema = self.schemas_by_name(&t.name);
+                    self.replace_table(&t.name, schema.clone(), Vec::new())
+                        .map_err(|source| TransformError::Execute {
+                            file: t.file.display().to_string(),
+                            source,
+                        })?;
+                    outputs.push(TableOutput {
+                        name: t.name.clone(),
+                        schema,
+                        batches: Vec::new(),
+                    });
+                    continue;
+                }
+            }
+            if let Some((flush, (spec, group))) = window {
+                let batches = self
+                    .step_window(t, spec, *group, &mut states, &mut late, max_time, flush)
+                    .await?;
+                let schema = self.schemas_by_name(&t.name);
+                self.replace_table(&t.name, schema.clone(), batches.clone())
+                    .map_err(|source| TransformError::Execute {
+                        file: t.file.display().to_string(),
+                        source,
+                    })?;
+                outputs.push(TableOutput {
+                    name: t.name.clone(),
+                    schema,
+                    batches,
+                });
+                continue;
+            }
             let plan = self
                 .ctx
                 .state()
@@ -314,27 +356,7 @@ impl Transforms {
                 file: t.file.display().to_string(),
                 source,
             };
-            let batches = match (windows, self.windows.get(&t.name)) {
-                (Some(flush), Some((spec, group))) => {
-                    let task = Arc::new(df.task_ctx());
-                    let plan = df.create_physical_plan().await.map_err(failed)?;
-                    let before = states.remove(&t.name).unwrap_or_default();
-                    let stepped = window::step(&plan, task, spec, *group, &before, max_time, flush)
-                        .await
-                        .map_err(failed)?;
-                    for (rows, starts) in stepped.late {
-                        late.push(LateRows {
-                            output: t.name.clone(),
-                            rows,
-                            starts,
-                            watermark: before.watermark,
-                        });
-                    }
-                    states.insert(t.name.clone(), stepped.state);
-                    stepped.rows
-                }
-                _ => df.collect().await.map_err(failed)?,
-            };
+            let batches = df.collect().await.map_err(failed)?;
             self.replace_table(&t.name, schema.clone(), batches.clone())
                 .map_err(|source| TransformError::Execute {
                     file: t.file.display().to_string(),
@@ -387,6 +409,69 @@ impl Transforms {
         Ok(max)
     }
 
+    /// One batch of a window output, planned in the window session.
+    #[allow(clippy::too_many_arguments)]
+    async fn step_window(
+        &self,
+        t: &Transform,
+        spec: &WindowSpec,
+        group: usize,
+        states: &mut BTreeMap<String, WindowState>,
+        late: &mut Vec<LateRows>,
+        max_time: Option<i64>,
+        flush: bool,
+    ) -> Result<Vec<RecordBatch>, TransformError> {
+        let failed = |source| TransformError::Execute {
+            file: t.file.display().to_string(),
+            source,
+        };
+        let session = self.window_session.as_ref().expect("a window session");
+        let logical = session
+            .statement_to_plan(t.statement.clone())
+            .await
+            .and_then(|plan| read_only().verify_plan(&plan).map(|_| plan))
+            .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+        let plan = session
+            .create_physical_plan(&logical)
+            .await
+            .map_err(failed)?;
+        let before = states.remove(&t.name).unwrap_or_default();
+        let stepped = window::step(
+            &plan,
+            session.task_ctx(),
+            spec,
+            group,
+            &before,
+            max_time,
+            flush,
+        )
+        .await
+        .map_err(failed)?;
+        for (rows, starts) in stepped.late {
+            late.push(LateRows {
+                output: t.name.clone(),
+                rows,
+                starts,
+                watermark: before.watermark,
+            });
+        }
+        states.insert(t.name.clone(), stepped.state);
+        Ok(stepped.rows)
+    }
+
+    /// The output schema of a transform (planned at start-up).
+    fn schemas_by_name(&self, name: &str) -> SchemaRef {
+        let at = self
+            .transforms
+            .iter()
+            .position(|t| t.name == name)
+            .expect("a transform of this job");
+        self.schemas
+            .get(at)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()))
+    }
+
     fn replace_table(
         &self,
         name: &str,
@@ -398,6 +483,30 @@ impl Transforms {
         self.ctx.register_table(name, Arc::new(table))?;
         Ok(())
     }
+}
+
+/// The session window outputs are planned in: the same tables, one partition (so the aggregate is
+/// one stage whose GROUP BY keys keep the order of the query, and nothing above it expects hash
+/// partitions), and two rewrites off: count(DISTINCT x) stays one aggregate (its state is the
+/// set of values) instead of two stacked ones, and constant GROUP BY keys stay keys.
+fn window_session(ctx: &SessionContext) -> SessionState {
+    let base = ctx.state();
+    let rules: Vec<_> = base
+        .optimizers()
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.name(),
+                "single_distinct_aggregation_to_group_by" | "eliminate_group_by_constant"
+            )
+        })
+        .cloned()
+        .collect();
+    let mut state = SessionStateBuilder::new_from_existing(base)
+        .with_optimizer_rules(rules)
+        .build();
+    state.config_mut().options_mut().execution.target_partitions = 1;
+    state
 }
 
 /// A session for transforms: SQL spans on (for error positions), no URL tables.

@@ -64,8 +64,13 @@ pub struct Stepped {
 
 /// Checks that `plan` (as written, before optimisation) can be kept incrementally as a window
 /// output on `column`; returns the position of `column` among the GROUP BY keys, or the reason
-/// and the fix.
-pub fn analyze(plan: &LogicalPlan, column: &str) -> std::result::Result<usize, String> {
+/// and the fix. `dims` are the job's dimension tables, the only tables a query may read above
+/// its aggregate (that part runs when a window is finished, not on each batch).
+pub fn analyze(
+    plan: &LogicalPlan,
+    column: &str,
+    dims: &std::collections::BTreeSet<&str>,
+) -> std::result::Result<usize, String> {
     let mut aggregates = 0;
     let mut refused: Option<String> = None;
     plan.apply_with_subqueries(|node| {
@@ -118,6 +123,14 @@ pub fn analyze(plan: &LogicalPlan, column: &str) -> std::result::Result<usize, S
             );
         }
     }
+    if let Some(table) = read_above_aggregate(plan)
+        .into_iter()
+        .find(|t| !dims.contains(t.as_str()))
+    {
+        return Err(format!(
+            "it reads {table} after its aggregate: that part runs when a window is finished, so only the job's [tables] (dimension tables) may be joined there; join {table} before the GROUP BY, or make this output emit = \"batch\""
+        ));
+    }
     let schema = plan.schema();
     let Some(at) = schema.fields().iter().position(|f| f.name() == column) else {
         return Err(format!(
@@ -138,6 +151,19 @@ pub fn analyze(plan: &LogicalPlan, column: &str) -> std::result::Result<usize, S
     }
     let (qualifier, field) = schema.qualified_field(at);
     group_index(plan, &Column::new(qualifier.cloned(), field.name()), column)
+}
+
+/// Tables scanned by `plan` outside its aggregate's input.
+fn read_above_aggregate(plan: &LogicalPlan) -> Vec<String> {
+    match plan {
+        LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => Vec::new(),
+        LogicalPlan::TableScan(scan) => vec![scan.table_name.table().to_string()],
+        other => other
+            .inputs()
+            .into_iter()
+            .flat_map(read_above_aggregate)
+            .collect(),
+    }
 }
 
 /// The position among the GROUP BY keys of the aggregate below `plan` of the column `col`.
@@ -300,7 +326,18 @@ pub async fn step(
     let parts = Parts::of(plan)?;
     let size = spec.size.as_micros() as i64;
     let lateness = spec.lateness.as_micros() as i64;
-    let window_expr = parts.group_by.expr()[group].0.clone();
+    let window_expr = parts
+        .group_by
+        .expr()
+        .get(group)
+        .map(|(e, _)| e.clone())
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "window output: the planned aggregate has {} GROUP BY keys, the query {}",
+                parts.group_by.expr().len(),
+                group + 1
+            ))
+        })?;
 
     // The batch's rows as the aggregate reads them; those of windows already written are late.
     let input = collect(parts.input.clone(), task.clone()).await?;
@@ -308,9 +345,16 @@ pub async fn step(
     let mut late = Vec::new();
     for rows in input {
         let starts = starts_of(&window_expr, &rows)?;
+        // A row with no window start (a NULL time) belongs to no window: late at once.
         let is_late: BooleanArray = starts
             .iter()
-            .map(|s| Some(matches!((s, state.closed), (Some(s), Some(c)) if s + size <= c)))
+            .map(|s| {
+                Some(match (s, state.closed) {
+                    (None, _) => true,
+                    (Some(s), Some(c)) => s + size <= c,
+                    (Some(_), None) => false,
+                })
+            })
             .collect();
         if is_late.true_count() > 0 {
             let kept = filter_record_batch(&rows, &arrow::compute::not(&is_late)?)?;
@@ -347,7 +391,7 @@ pub async fn step(
     if let Some(open) = &state.open {
         if open.schema().fields() != state_schema.fields() {
             return Err(DataFusionError::Plan(format!(
-                "the saved window state has other columns than this query's aggregate ({} against {}): the SQL changed while windows were open",
+                "the SQL changed while windows were open: the saved state of the open windows has other columns than this query's aggregate ({} against {}). Put the old SQL back and let its windows close (a file run closes them all at its end), or give the changed query a new output name (a new table, starting with no state)",
                 open.schema(),
                 state_schema
             )));
@@ -391,7 +435,6 @@ pub async fn step(
         .map(|s| {
             Some(match (s, closed) {
                 (Some(s), Some(c)) => s + size <= c,
-                (None, _) => flush,
                 _ => false,
             })
         })

@@ -1,6 +1,7 @@
 -- Per product and minute: views, add-to-carts, purchases, revenue and view-to-purchase conversion.
 -- A window output (emit = "window" in the job): one row per product and minute, written once the
 -- watermark is 2 minutes past the minute's end; rows that come later go to the _late table.
+-- Refunds are not part of the funnel: a product and minute with only refunds has no row.
 SELECT
     product_id,
     date_trunc('minute', event_time) AS minute,

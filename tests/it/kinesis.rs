@@ -163,8 +163,23 @@ fn produced_events_are_committed_exactly_once_and_sigterm_stops_cleanly() {
         "{metrics}"
     );
     assert!(http_get("127.0.0.1:45698", "/health").ends_with("ok\n"));
+    // `funnel` is a window output: on a stream, its newest minutes stay open (no end of input).
+    assert!(
+        metrics.contains("weir_window_open_groups{output=\"funnel\"}"),
+        "{metrics}"
+    );
     let out = stop(child);
     assert!(out.contains("4,000 read"), "{out}");
+    assert!(out.contains("open groups: funnel "), "{out}");
+    assert!(
+        !out.contains("open groups: funnel 0;"),
+        "a stop keeps windows open: {out}"
+    );
+    let status = stdout(&run(
+        weir().arg("status").arg(p.job()).args(["--target", "prod"]),
+        true,
+    ));
+    assert!(status.contains("funnel     window output: "), "{status}");
     assert_exactly(&p, 4000);
     // The positions in the batch log are (sequence, sub-sequence) per shard.
     let plan = std::fs::read_to_string(state(&p).join("plans/00000000000000000001.json")).unwrap();

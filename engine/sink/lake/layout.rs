@@ -13,7 +13,7 @@
 //! _weir/<job>/parked/<destination>/<batch>.json   batches a destination failed for good
 //! _weir/<job>/skipped/<destination>/<batch>.json  parked batches given up (`weir loads skip`)
 //! _weir/<job>/manifests/<batch>-<table>.manifest   Redshift COPY manifests
-//! _weir/<job>/windows/<batch>-<output>.arrow      a window output's open windows after a batch
+//! _weir/<job>/windows/<batch>-<output>-<attempt>.arrow  a window output's open windows after a batch
 //! ```
 
 /// Folder of the dead-letter table.

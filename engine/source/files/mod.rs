@@ -103,6 +103,10 @@ impl Source for FileSource {
         Some(self.files.iter().map(|f| f.size).sum())
     }
 
+    fn bounded(&self) -> bool {
+        true
+    }
+
     async fn read(&self, from: &Checkpoint, tx: mpsc::Sender<RawChunk>) -> Result<(), SourceError> {
         let plan = self
             .files

@@ -201,6 +201,10 @@ async fn queries_that_cannot_be_kept_are_refused_with_the_fix() {
             "SELECT date_trunc('minute', event_time) AS m, count(*) AS n FROM events GROUP BY 1",
             "not a column",
         ),
+        (
+            "SELECT a.minute, a.n FROM (SELECT date_trunc('minute', event_time) AS minute, count(*) AS n FROM events GROUP BY 1) a JOIN events e ON e.event_time = a.minute",
+            "after its aggregate",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let job = job(dir.path(), sql, "0s");
