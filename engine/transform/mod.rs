@@ -303,60 +303,22 @@ impl Transforms {
             // A batch that only finishes windows (the end of the input) has no events: the
             // per-batch outputs run only on what window outputs wrote (a global aggregate of
             // `events` would write an extra row of zeros).
-            if no_events && windows.is_some() && window.is_none() {
-                let fed = outputs
+            let idle = no_events
+                && windows.is_some()
+                && window.is_none()
+                && !outputs
                     .iter()
                     .any(|o| t.deps.contains(&o.name) && o.rows() > 0);
-                if !fed {
-                    let schema = self.schemas_by_name(&t.name);
-                    self.replace_table(&t.name, schema.clone(), Vec::new())
-                        .map_err(|source| TransformError::Execute {
-                            file: t.file.display().to_string(),
-                            source,
-                        })?;
-                    outputs.push(TableOutput {
-                        name: t.name.clone(),
-                        schema,
-                        batches: Vec::new(),
-                    });
-                    continue;
-                }
-            }
-            if let Some((flush, (spec, group))) = window {
+            let (schema, batches) = if idle {
+                (self.schemas_by_name(&t.name), Vec::new())
+            } else if let Some((flush, (spec, group))) = window {
                 let batches = self
                     .step_window(t, spec, *group, &mut states, &mut late, max_time, flush)
                     .await?;
-                let schema = self.schemas_by_name(&t.name);
-                self.replace_table(&t.name, schema.clone(), batches.clone())
-                    .map_err(|source| TransformError::Execute {
-                        file: t.file.display().to_string(),
-                        source,
-                    })?;
-                outputs.push(TableOutput {
-                    name: t.name.clone(),
-                    schema,
-                    batches,
-                });
-                continue;
-            }
-            let plan = self
-                .ctx
-                .state()
-                .statement_to_plan(t.statement.clone())
-                .await
-                .and_then(|plan| read_only().verify_plan(&plan).map(|_| plan))
-                .map_err(|e| sql_error(&t.file, &t.sql, e))?;
-            let df = self
-                .ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| sql_error(&t.file, &t.sql, e))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let failed = |source| TransformError::Execute {
-                file: t.file.display().to_string(),
-                source,
+                (self.schemas_by_name(&t.name), batches)
+            } else {
+                self.query(t).await?
             };
-            let batches = df.collect().await.map_err(failed)?;
             self.replace_table(&t.name, schema.clone(), batches.clone())
                 .map_err(|source| TransformError::Execute {
                     file: t.file.display().to_string(),
@@ -407,6 +369,31 @@ impl Transforms {
             max = max.max(m);
         }
         Ok(max)
+    }
+
+    /// Runs one transform as a plain query on the tables registered now.
+    async fn query(&self, t: &Transform) -> Result<(SchemaRef, Vec<RecordBatch>), TransformError> {
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(t.statement.clone())
+            .await
+            .and_then(|plan| read_only().verify_plan(&plan).map(|_| plan))
+            .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+        let df = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df
+            .collect()
+            .await
+            .map_err(|source| TransformError::Execute {
+                file: t.file.display().to_string(),
+                source,
+            })?;
+        Ok((schema, batches))
     }
 
     /// One batch of a window output, planned in the window session.

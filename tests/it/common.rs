@@ -239,3 +239,44 @@ pub fn state_entries(dir: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Starts `weir run` of `p` again and again and SIGKILLs it after a random delay of `min_ms` plus
+/// up to `spread_ms`, until `wanted` kills hit a running process (at most 40 starts); returns how
+/// many did. The seed is printed (`what`) so that a failure can be retraced.
+pub fn kill_at_random(
+    p: &Project,
+    wanted: usize,
+    min_ms: u64,
+    spread_ms: u64,
+    what: &str,
+) -> usize {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("{what} seed {seed}");
+    let mut kills = 0;
+    for _ in 0..40 {
+        if kills >= wanted {
+            break;
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut child = p
+            .run_cmd()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn weir");
+        std::thread::sleep(std::time::Duration::from_millis(
+            min_ms + (seed >> 33) % spread_ms,
+        ));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL, its lease left behind
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    kills
+}

@@ -94,32 +94,7 @@ fn readers_see_whole_batches_only_while_runs_are_killed() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("reader");
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("delta reader test seed {seed}");
-    let mut kills = 0;
-    for _ in 0..40 {
-        if kills >= 6 {
-            break;
-        }
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut child = p
-            .run_cmd()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + (seed >> 33) % 500));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL, its lease left behind
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = kill_at_random(&p, 6, 150, 500, "delta reader test");
     assert!(kills >= 3, "only {kills} kills hit a running process");
     run(&mut p.run_cmd(), true);
     std::thread::sleep(Duration::from_millis(300));

@@ -3,9 +3,6 @@
 //! SIGKILLs at random moments, the lake's window table equals DuckDB's aggregate over the raw input without the
 //! rows in `_late`, each window once; window rows plus late rows account for every event.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use crate::common::*;
 
 const EVENTS: u64 = 20_000;
@@ -107,32 +104,7 @@ fn window_rows_equal_duckdb_and_late_rows_are_kept() {
 #[test]
 fn sigkill_at_random_moments_changes_no_window() {
     let p = project();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("window crash test seed {seed}");
-    let mut kills = 0;
-    for _ in 0..40 {
-        if kills >= 8 {
-            break;
-        }
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut child = p
-            .run_cmd()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn weir");
-        std::thread::sleep(Duration::from_millis(100 + (seed >> 33) % 900));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = kill_at_random(&p, 8, 100, 900, "window crash test");
     assert!(kills >= 4, "only {kills} kills hit a running process");
     run(&mut p.run_cmd(), true);
     assert_equals_duckdb(&p);
