@@ -359,9 +359,9 @@ impl Pipeline {
         let (raw_tx, raw_rx) = mpsc::channel::<RawChunk>(CHANNEL_CHUNKS);
         let (dec_tx, mut decoded) = mpsc::channel::<Decoded>(CHANNEL_CHUNKS);
         let mut tasks: JoinSet<Result<(), SourceError>> = JoinSet::new();
-        let source = self.source.clone();
-        let (reader, from) = (self.source.clone(), self.checkpoint.clone());
-        tasks.spawn(async move { reader.read(&from, raw_tx).await });
+        let bounded = self.source.bounded();
+        let (source, from) = (self.source.clone(), self.checkpoint.clone());
+        tasks.spawn(async move { source.read(&from, raw_tx).await });
         tasks.spawn(decode_loop(
             Arc::new(self.job.input.clone()),
             raw_rx,
@@ -433,8 +433,7 @@ impl Pipeline {
         }
         // At the end of a file input (not on a stop, not when reading failed), window outputs
         // finish every open window: a failed or stopped run leaves them to the next.
-        batch.flush =
-            !stopping && failed.is_none() && worker.transforms.has_windows() && source.bounded();
+        batch.flush = !stopping && failed.is_none() && worker.transforms.has_windows() && bounded;
         if !batch.is_empty() || (batch.flush && worker.has_open_windows()) {
             worker.submit(next, batch).await?;
         }

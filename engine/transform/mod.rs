@@ -16,6 +16,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext, SessionState};
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -175,11 +176,8 @@ impl Transforms {
             let Some(spec) = job.output(&t.name).window else {
                 continue;
             };
-            let state = self.window_session.as_ref().expect("a window session");
-            let plan = state
-                .statement_to_plan(t.statement.clone())
-                .await
-                .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+            let session = self.window_session.as_ref().expect("a window session");
+            let plan = plan(session, t).await?;
             let dims: BTreeSet<&str> = job.tables.iter().map(|d| d.name.as_str()).collect();
             let group = window::analyze(&plan, &spec.column, &dims).map_err(|message| {
                 TransformError::Sql {
@@ -298,7 +296,9 @@ impl Transforms {
                 source,
             })?;
         let mut outputs: Vec<TableOutput> = Vec::with_capacity(self.transforms.len());
-        for t in &self.transforms {
+        for (i, t) in self.transforms.iter().enumerate() {
+            // Planned at start-up (`check`, which keeps no window state, runs before they are).
+            let planned = || self.schemas[i].clone();
             let window = windows.and_then(|flush| Some((flush, self.windows.get(&t.name)?)));
             // A batch that only finishes windows (the end of the input) has no events: the
             // per-batch outputs run only on what window outputs wrote (a global aggregate of
@@ -310,12 +310,12 @@ impl Transforms {
                     .iter()
                     .any(|o| t.deps.contains(&o.name) && o.rows() > 0);
             let (schema, batches) = if idle {
-                (self.schemas_by_name(&t.name), Vec::new())
+                (planned(), Vec::new())
             } else if let Some((flush, (spec, group))) = window {
                 let batches = self
                     .step_window(t, spec, *group, &mut states, &mut late, max_time, flush)
                     .await?;
-                (self.schemas_by_name(&t.name), batches)
+                (planned(), batches)
             } else {
                 self.query(t).await?
             };
@@ -373,13 +373,7 @@ impl Transforms {
 
     /// Runs one transform as a plain query on the tables registered now.
     async fn query(&self, t: &Transform) -> Result<(SchemaRef, Vec<RecordBatch>), TransformError> {
-        let plan = self
-            .ctx
-            .state()
-            .statement_to_plan(t.statement.clone())
-            .await
-            .and_then(|plan| read_only().verify_plan(&plan).map(|_| plan))
-            .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+        let plan = plan(&self.ctx.state(), t).await?;
         let df = self
             .ctx
             .execute_logical_plan(plan)
@@ -413,11 +407,7 @@ impl Transforms {
             source,
         };
         let session = self.window_session.as_ref().expect("a window session");
-        let logical = session
-            .statement_to_plan(t.statement.clone())
-            .await
-            .and_then(|plan| read_only().verify_plan(&plan).map(|_| plan))
-            .map_err(|e| sql_error(&t.file, &t.sql, e))?;
+        let logical = plan(session, t).await?;
         let plan = session
             .create_physical_plan(&logical)
             .await
@@ -446,19 +436,6 @@ impl Transforms {
         Ok(stepped.rows)
     }
 
-    /// The output schema of a transform (planned at start-up).
-    fn schemas_by_name(&self, name: &str) -> SchemaRef {
-        let at = self
-            .transforms
-            .iter()
-            .position(|t| t.name == name)
-            .expect("a transform of this job");
-        self.schemas
-            .get(at)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()))
-    }
-
     fn replace_table(
         &self,
         name: &str,
@@ -470,6 +447,15 @@ impl Transforms {
         self.ctx.register_table(name, Arc::new(table))?;
         Ok(())
     }
+}
+
+/// A transform's logical plan in `state`, checked read-only.
+async fn plan(state: &SessionState, t: &Transform) -> Result<LogicalPlan, TransformError> {
+    state
+        .statement_to_plan(t.statement.clone())
+        .await
+        .and_then(|plan| read_only().verify_plan(&plan).map(|_| plan))
+        .map_err(|e| sql_error(&t.file, &t.sql, e))
 }
 
 /// The session window outputs are planned in: the same tables, one partition (so the aggregate is
