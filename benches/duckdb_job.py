@@ -1,6 +1,6 @@
 """A Weir job done by DuckDB, for the side-by-side benchmark: read the same JSON lines with the
-same schema, run the same transforms (every .sql file of the folder), write Parquet (zstd)
-partitioned by dt. A transform another one reads is materialised first (sales for inventory);
+same schema, run the same transforms (every .sql file of the folder), write Parquet (zstd),
+partitioned by dt when the output has it. A transform another one reads is materialised first (when one reads another);
 the others stream straight into COPY.
     duckdb_job.py ROOT SQL_FOLDER      (events in ROOT/data/events, output in ROOT/duck)"""
 import os, re, sys, time
@@ -33,5 +33,9 @@ for name in sorted(read):
     con.execute(f"CREATE TEMP TABLE {name} AS {texts[name]}")
 for name in names:
     src = name if name in read else f"({texts[name]})"
-    con.execute(f"COPY {src} TO '{out}/{name}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt), OVERWRITE_OR_IGNORE)")
+    columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src} AS t").fetchall()]
+    if "dt" in columns:
+        con.execute(f"COPY {src} TO '{out}/{name}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt), OVERWRITE_OR_IGNORE)")
+    else:
+        con.execute(f"COPY {src} TO '{out}/{name}.parquet' (FORMAT parquet, COMPRESSION zstd)")
 print(f"events={n} inside={time.time() - start:.2f}s")

@@ -3,9 +3,11 @@
 # read_json -> the same SQL -> Parquet zstd partitioned by dt) on the same generated file, runs
 # alternating, medians reported.
 #   benches/e2e.sh [EVENTS...]       (default: 2000000 20000000)
-#   WEIR_BENCH_JOB=sample|land|both  the sample job (sales, funnel, inventory), or the job people
-#                                    run first: every event landed (benches/land), next to a
-#                                    per-product-per-minute aggregate; default both
+#   WEIR_BENCH_JOB="sample land ..." the sample job (sales; funnel and revenue, window outputs;
+#                                    stock, an update output), "perbatch" (the same SQL, every
+#                                    output emit = "batch"), or "land", the job people run first:
+#                                    every event landed (benches/land), next to a
+#                                    per-product-per-minute aggregate; "both" (default): land sample
 #   WEIR_BENCH_RUNS=5                alternating runs of each per size
 #   WEIR_BIN=path/to/weir            measure another build instead of target/release/weir
 # Per run it prints wall, CPU seconds, CPU-s per million events and peak RSS of both processes;
@@ -37,6 +39,8 @@ project() { # project JOB N: a folder with N generated events and the job's file
     echo "$dir/sql/land"
   else
     cp jobs/ecommerce.toml "$dir/jobs/job.toml"
+    # perbatch: the same transforms, each batch's rows as they come (no state kept).
+    [ "$job" = perbatch ] && sed -i -e '/^emit = /d' -e '/^window = /d' "$dir/jobs/job.toml"
     cp -r sql/ecommerce "$dir/sql/"
     echo "$dir/sql/ecommerce"
   fi
@@ -61,6 +65,20 @@ for n in "$@"; do
       read -r wall cpu rss <<<"$(timed "$weir" run "$dir/jobs/job.toml" --quiet)"
       echo "$wall $cpu $rss" >>"$dir/weir.txt"
       echo "run $i  weir    job=$job events=$n wall=${wall}s cpu=${cpu}s cpu/M=$(echo "scale=2; $cpu * 1000000 / $n" | bc) peak_rss=${rss}MiB"
+      # Window and update outputs: groups held and the state file's size after the last batch.
+      "$py" - "$dir/lake" <<'PY'
+import json, os, sys
+lake = sys.argv[1]
+for job in os.listdir(os.path.join(lake, "_weir")):
+    commits = os.path.join(lake, "_weir", job, "commits")
+    if not os.path.isdir(commits):
+        continue
+    last = sorted(f for f in os.listdir(commits) if f.endswith(".json"))[-1]
+    rec = json.load(open(os.path.join(commits, last)))
+    for out, w in rec.get("windows", {}).items():
+        size = os.path.getsize(os.path.join(lake, "_weir", job, w["state"])) if w.get("state") else 0
+        print(f"        state   {out}: {w['groups']} groups, {size / 1024:.0f} KiB after batch {rec['batch']}")
+PY
       rm -rf "$dir/duck"
       read -r wall cpu rss <<<"$(timed "$py" benches/duckdb_job.py "$dir" "$sqldir")"
       echo "$wall $cpu $rss" >>"$dir/duck.txt"

@@ -36,7 +36,7 @@ fn setup(n: u64) -> (tempfile::TempDir, Job) {
     .unwrap();
     std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
     std::fs::create_dir_all(dir.path().join("sql/ecommerce")).unwrap();
-    for f in ["sales", "funnel", "inventory"] {
+    for f in ["sales", "funnel", "revenue", "stock"] {
         std::fs::copy(
             repo.join(format!("sql/ecommerce/{f}.sql")),
             dir.path().join(format!("sql/ecommerce/{f}.sql")),

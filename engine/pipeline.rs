@@ -120,6 +120,8 @@ pub struct RunSummary {
     pub late: u64,
     /// Per window output, groups (window and key) held open at the end.
     pub open_windows: BTreeMap<String, usize>,
+    /// Per update output, the keys it holds (one row each) at the end.
+    pub update_keys: BTreeMap<String, usize>,
     pub files: u64,
     pub bytes: u64,
     /// Small files merged by compaction, and the files they became.
@@ -749,6 +751,10 @@ impl Pipeline {
         };
         self.commits.commit(&record).await?;
         for (name, w) in &record.windows {
+            if self.transforms.update_keys(name).is_some() {
+                metrics::gauge!("weir_update_keys", "output" => name.clone()).set(w.groups as f64);
+                continue;
+            }
             let before = self.late_so_far.insert(name.clone(), w.late).unwrap_or(0);
             metrics::counter!("weir_late_rows_total", "output" => name.clone())
                 .increment(w.late.saturating_sub(before));
@@ -768,11 +774,12 @@ impl Pipeline {
         s.records += batch.records as u64;
         s.dead_letters += batch.dead.len() as u64;
         s.late += late_rows;
-        s.open_windows = record
-            .windows
-            .iter()
-            .map(|(n, w)| (n.clone(), w.groups as usize))
-            .collect();
+        for (n, w) in &record.windows {
+            match self.transforms.update_keys(n) {
+                Some(_) => s.update_keys.insert(n.clone(), w.groups as usize),
+                None => s.open_windows.insert(n.clone(), w.groups as usize),
+            };
+        }
         s.batches += 1;
         s.files += files.len() as u64;
         s.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
@@ -1081,7 +1088,7 @@ impl Worker {
 
     /// Whether a window output holds open windows (after the last batch transformed).
     fn has_open_windows(&self) -> bool {
-        self.transforms.open_groups().values().any(|&n| n > 0)
+        self.transforms.has_open_windows()
     }
 
     /// Transforms `batch` while the batch in flight is written, waits for that one, then starts

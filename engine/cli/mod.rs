@@ -109,7 +109,10 @@ pub fn main() -> ExitCode {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // delta-rs warns on every MERGE that our object store reports no file-pruning metric.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("warn,deltalake_core::operations::merge=error")
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

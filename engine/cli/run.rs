@@ -186,6 +186,14 @@ pub(super) fn print_summary(command: &str, job: &str, target: &str, s: &RunSumma
             if s.late > 0 { " (see table _late)" } else { "" }
         );
     }
+    if !s.update_keys.is_empty() {
+        let keys: Vec<String> = s
+            .update_keys
+            .iter()
+            .map(|(t, n)| format!("{t} {}", thousands(*n as u64)))
+            .collect();
+        println!("  updates  keys held: {}", keys.join(", "));
+    }
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     println!(
         "  speed    {} events/s, {}/s ({:.2} s)",

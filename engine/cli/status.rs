@@ -95,6 +95,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .to_string()
             })
         };
+        if job.output(name).window().is_none() {
+            println!(
+                "  {name:<10} update output: {} keys held (one row each)",
+                w.groups
+            );
+            continue;
+        }
         println!(
             "  {name:<10} window output: {} open groups, watermark {}, written through {}, {} late rows",
             w.groups,

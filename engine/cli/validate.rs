@@ -55,11 +55,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             format!(" partitioned by {}", spec.partition_by.join(", "))
         };
+        let emit = match (&spec.emit, transforms.update_keys(&t.name)) {
+            (crate::job::Emit::Window(w), _) => format!(
+                " (window on {}, {:?}, lateness {:?})",
+                w.column, w.size, w.lateness
+            ),
+            (_, Some(keys)) => format!(" (update, one row per {})", keys.join(", ")),
+            _ => String::new(),
+        };
         println!(
-            "  {:<9} {}{}: {}",
+            "  {:<9} {}{}{}: {}",
             t.name,
             t.file.display(),
             parts,
+            emit,
             cols.join(", ")
         );
     }

@@ -23,6 +23,7 @@ pub struct ObjectCommitStore {
     latest: Path,
     manifests: Path,
     windows: Path,
+    changes: Path,
 }
 
 /// The newest commit's batch (a hint: the log itself is the truth).
@@ -41,7 +42,8 @@ impl ObjectCommitStore {
             commits: state.clone().join("commits"),
             latest: state.clone().join("latest.json"),
             manifests: state.clone().join("manifests"),
-            windows: state.join("windows"),
+            windows: state.clone().join("windows"),
+            changes: state.join("changes"),
         }
     }
 
@@ -78,7 +80,8 @@ impl ObjectCommitStore {
         })
     }
 
-    /// Deletes plans, commits, manifests and window states of batches before `before` that are older than
+    /// Deletes plans, commits, manifests, window states and update outputs' change files of
+    /// batches before `before` that are older than
     /// `retention`. Lists those folders: call it rarely (the pipeline does hourly).
     pub async fn trim(
         &self,
@@ -88,7 +91,13 @@ impl ObjectCommitStore {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let mut deleted = 0;
-        for folder in [&self.plans, &self.commits, &self.manifests, &self.windows] {
+        for folder in [
+            &self.plans,
+            &self.commits,
+            &self.manifests,
+            &self.windows,
+            &self.changes,
+        ] {
             let old: Vec<Path> = self
                 .store
                 .list(Some(folder))

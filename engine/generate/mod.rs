@@ -1,5 +1,8 @@
 //! Deterministic, realistic e-commerce sample data: shopper sessions of product views, add-to-carts,
-//! purchases (a few % of views) and refunds, plus a `products.csv` with category, price and stock.
+//! purchases (a few % of views) and refunds, supplier restocks, plus a `products.csv` with
+//! category, price and stock. Stock is kept as events go out: a product whose stock falls below
+//! the reorder point is restocked a while later, and one a purchase would take below zero is
+//! restocked first, so stock never goes negative.
 //! Events come in time order, sessions interleaved, as a shop's stream delivers them (so a window
 //! output with a small lateness sees them on time).
 
@@ -35,6 +38,8 @@ const P_CART: f64 = 0.12;
 const P_BUY: f64 = 0.35;
 /// Probability that a purchase is refunded.
 const P_REFUND: f64 = 0.06;
+/// Stock below which a product is reordered.
+const REORDER_POINT: i64 = 20;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -171,8 +176,9 @@ pub fn write(out: &Path, opts: &Options) -> std::io::Result<Generated> {
 /// One generated event.
 struct Event {
     time: DateTime<Utc>,
-    session: std::sync::Arc<str>,
-    user: u64,
+    /// Shopper events have a session and user; restocks have neither.
+    session: Option<std::sync::Arc<str>>,
+    user: Option<u64>,
     kind: &'static str,
     product: u32,
     quantity: Option<u32>,
@@ -214,13 +220,21 @@ pub struct EventStream {
     made: u64,
     session: String,
     orders: u64,
+    /// Stock on hand per product (index: id - 1), as the events written so far leave it.
+    stock: Vec<i64>,
+    /// Products with a restock on its way.
+    reordered: Vec<bool>,
 }
 
 impl EventStream {
     /// Events over `catalogue` (see [`products`]).
     pub fn new(opts: &Options, catalogue: Vec<Product>) -> Self {
         let sessions = (opts.events as f64 / 4.5).max(1.0);
+        let stock = catalogue.iter().map(|p| p.stock as i64).collect();
+        let reordered = vec![false; catalogue.len()];
         Self {
+            stock,
+            reordered,
             rng: ChaCha8Rng::seed_from_u64(opts.seed),
             catalogue,
             users: (opts.events / 20).max(100),
@@ -260,8 +274,8 @@ impl EventStream {
             t += Duration::milliseconds(self.rng.random_range(2_000..60_000));
             self.push(Event {
                 time: t,
-                session: session.clone(),
-                user,
+                session: Some(session.clone()),
+                user: Some(user),
                 kind: "view",
                 product: p.id,
                 quantity: None,
@@ -279,8 +293,8 @@ impl EventStream {
             t += Duration::milliseconds(self.rng.random_range(1_000..30_000));
             self.push(Event {
                 time: t,
-                session: session.clone(),
-                user,
+                session: Some(session.clone()),
+                user: Some(user),
                 kind: "add_to_cart",
                 product: p.id,
                 quantity: Some(qty),
@@ -299,8 +313,8 @@ impl EventStream {
             t += Duration::milliseconds(self.rng.random_range(10_000..120_000));
             self.push(Event {
                 time: t,
-                session: session.clone(),
-                user,
+                session: Some(session.clone()),
+                user: Some(user),
                 kind: "purchase",
                 product: p.id,
                 quantity: Some(qty),
@@ -311,8 +325,8 @@ impl EventStream {
                 let later = t + Duration::minutes(self.rng.random_range(5..240));
                 self.push(Event {
                     time: later,
-                    session: session.clone(),
-                    user,
+                    session: Some(session.clone()),
+                    user: Some(user),
                     kind: "refund",
                     product: p.id,
                     quantity: Some(qty),
@@ -323,7 +337,57 @@ impl EventStream {
         }
     }
 
-    /// The session of the event last written (a natural partition key).
+    /// Keeps stock for the event about to go out; returns the event to write: a restock first
+    /// when a purchase would take its product's stock below zero (the purchase is queued again).
+    fn keep_stock(&mut self, e: Event) -> Event {
+        let at = e.product as usize - 1;
+        let qty = e.quantity.unwrap_or(0) as i64;
+        match e.kind {
+            "purchase" if self.stock[at] < qty => {
+                let restock = self.restock(&e);
+                self.made += 1;
+                self.queue
+                    .push(Pending(e.time.timestamp_millis(), self.made, e));
+                self.stock[at] += restock.quantity.unwrap_or(0) as i64;
+                self.reordered[at] = false;
+                return restock;
+            }
+            "purchase" => {
+                self.stock[at] -= qty;
+                if self.stock[at] < REORDER_POINT && !self.reordered[at] {
+                    // The supplier delivers in half an hour to a few hours.
+                    let mut later = self.restock(&e);
+                    later.time += Duration::minutes(self.rng.random_range(30..240));
+                    self.reordered[at] = true;
+                    self.push(later);
+                }
+            }
+            "refund" => self.stock[at] += qty,
+            "restock" => {
+                self.stock[at] += qty;
+                self.reordered[at] = false;
+            }
+            _ => {}
+        }
+        e
+    }
+
+    /// A supplier delivery of `e`'s product at `e`'s time.
+    fn restock(&mut self, e: &Event) -> Event {
+        Event {
+            time: e.time,
+            session: None,
+            user: None,
+            kind: "restock",
+            product: e.product,
+            quantity: Some(self.rng.random_range(50..=200)),
+            price_cents: e.price_cents,
+            order: None,
+        }
+    }
+
+    /// The session of the event last written (a natural partition key; a restock's is its
+    /// product, `p-<id>`).
     pub fn session(&self) -> &str {
         &self.session
     }
@@ -345,16 +409,23 @@ impl EventStream {
         {
             self.new_session();
         }
-        let Pending(_, _, mut e) = self.queue.pop().expect("a session was started");
+        let Pending(_, _, e) = self.queue.pop().expect("a session was started");
+        let mut e = self.keep_stock(e);
         self.session.clear();
-        self.session.push_str(&e.session);
+        match &e.session {
+            Some(s) => self.session.push_str(s),
+            None => {
+                use std::fmt::Write as _;
+                let _ = write!(self.session, "p-{}", e.product);
+            }
+        }
         if let Some(now) = now {
             e.time = now;
         }
         let id = self.rng.random::<u128>();
         let _ = write!(
             out,
-            r#"{{"event_id":"{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}","event_time":"{}","event_type":"{}","session_id":"{}","user_id":{},"product_id":{}"#,
+            r#"{{"event_id":"{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}","event_time":"{}","event_type":"{}""#,
             (id >> 96) as u32,
             (id >> 80) as u16,
             (id >> 68) as u16 & 0xfff,
@@ -362,10 +433,11 @@ impl EventStream {
             id as u64 & 0xffff_ffff_ffff,
             e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             e.kind,
-            e.session,
-            e.user,
-            e.product,
         );
+        if let (Some(session), Some(user)) = (&e.session, e.user) {
+            let _ = write!(out, r#","session_id":"{session}","user_id":{user}"#);
+        }
+        let _ = write!(out, r#","product_id":{}"#, e.product);
         if let Some(q) = e.quantity {
             let _ = write!(out, r#","quantity":{q}"#);
         }
@@ -403,5 +475,42 @@ mod tests {
         let rate = buys / views;
         assert!((0.01..0.10).contains(&rate), "conversion {rate}");
         assert!(text.contains("\"refund\""));
+        assert!(text.contains("\"restock\""));
+    }
+
+    #[test]
+    fn stock_never_goes_negative() {
+        let opts = Options {
+            events: 50_000,
+            products: 20,
+            ..Default::default()
+        };
+        let catalogue = products(&opts);
+        let mut stock: Vec<i64> = catalogue.iter().map(|p| p.stock as i64).collect();
+        let mut events = EventStream::new(&opts, catalogue);
+        let mut line = String::new();
+        let (mut restocks, mut purchases) = (0, 0);
+        for _ in 0..opts.events {
+            line.clear();
+            events.next_line(&mut line);
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let at = v["product_id"].as_u64().unwrap() as usize - 1;
+            let qty = v["quantity"].as_i64().unwrap_or(0);
+            match v["event_type"].as_str().unwrap() {
+                "purchase" => {
+                    stock[at] -= qty;
+                    purchases += 1;
+                }
+                "refund" => stock[at] += qty,
+                "restock" => {
+                    stock[at] += qty;
+                    restocks += 1;
+                    assert!(v.get("session_id").is_none());
+                }
+                _ => {}
+            }
+            assert!(stock[at] >= 0, "negative stock after {line}");
+        }
+        assert!(purchases > 500 && restocks >= 5, "{purchases} {restocks}");
     }
 }

@@ -67,8 +67,35 @@ pub struct DimTable {
 pub struct OutputSpec {
     pub partition_by: Vec<String>,
     pub target_file_size: u64,
-    /// Set for `emit = "window"`; `None` writes each batch's rows as they come.
-    pub window: Option<WindowSpec>,
+    /// How rows are emitted (`emit`).
+    pub emit: Emit,
+}
+
+/// `[outputs.<name>] emit`: how an output's rows are written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Emit {
+    /// Each batch's rows as they come (`"batch"`, the default).
+    #[default]
+    Batch,
+    /// One final row per group and window, once the watermark passes it (`"window"`).
+    Window(WindowSpec),
+    /// One row per GROUP BY key over every event so far, updated by each batch (`"update"`).
+    Update,
+}
+
+impl OutputSpec {
+    /// The window of an `emit = "window"` output.
+    pub fn window(&self) -> Option<&WindowSpec> {
+        match &self.emit {
+            Emit::Window(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Whether the output keeps state across batches (window or update).
+    pub fn stateful(&self) -> bool {
+        !matches!(self.emit, Emit::Batch)
+    }
 }
 
 /// How a target's loads are retried (`[targets.X.loads]`).
@@ -267,13 +294,13 @@ impl Job {
                     .unwrap_or(config::DEFAULT_TARGET_FILE_SIZE),
             )
             .map_err(|m| bad(&format!("outputs.{name}.target_file_size"), m))?;
-            let window = parse_window(name, o, &raw.input, &bad)?;
+            let emit = parse_emit(name, o, &raw.input, &bad)?;
             outputs.insert(
                 name.clone(),
                 OutputSpec {
                     partition_by: o.partition_by.clone(),
                     target_file_size,
-                    window,
+                    emit,
                 },
             );
         }
@@ -417,22 +444,23 @@ impl Job {
                 partition_by: Vec::new(),
                 target_file_size: units::parse_bytes(config::DEFAULT_TARGET_FILE_SIZE)
                     .unwrap_or(u64::MAX),
-                window: None,
+                emit: Emit::Batch,
             })
     }
 }
 
 /// `emit` and `window` of `[outputs.<name>]`.
-fn parse_window(
+fn parse_emit(
     name: &str,
     o: &config::OutputConfig,
     input: &config::InputConfig,
     bad: &dyn Fn(&str, String) -> JobError,
-) -> Result<Option<WindowSpec>, JobError> {
+) -> Result<Emit, JobError> {
     let key = |k: &str| format!("outputs.{name}.{k}");
     match (o.emit.as_deref().unwrap_or("batch"), &o.window) {
-        ("batch", None) => Ok(None),
-        ("batch", Some(_)) => Err(bad(
+        ("batch", None) => Ok(Emit::Batch),
+        ("update", None) => Ok(Emit::Update),
+        ("batch" | "update", Some(_)) => Err(bad(
             &key("window"),
             "a window needs emit = \"window\"; add it, or remove window".into(),
         )),
@@ -453,7 +481,7 @@ fn parse_window(
             }
             let lateness = units::parse_duration(w.lateness.as_deref().unwrap_or("0s"))
                 .map_err(|m| bad(&key("window.lateness"), m))?;
-            Ok(Some(WindowSpec {
+            Ok(Emit::Window(WindowSpec {
                 column: w.column.clone(),
                 size,
                 lateness,
@@ -461,7 +489,7 @@ fn parse_window(
         }
         (other, _) => Err(bad(
             &key("emit"),
-            format!("unknown mode \"{other}\"; use \"batch\" (each batch's rows as they come) or \"window\" (one final row per group and window)"),
+            format!("unknown mode \"{other}\"; use \"batch\" (each batch's rows as they come), \"window\" (one final row per group and window) or \"update\" (one row per GROUP BY key, always current)"),
         )),
     }
 }

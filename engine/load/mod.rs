@@ -89,6 +89,8 @@ pub struct OutputTable {
     pub name: String,
     pub schema: SchemaRef,
     pub partition_by: Vec<String>,
+    /// An update output's key columns (`emit = "update"`): one row per key.
+    pub keys: Option<Vec<String>>,
 }
 
 impl OutputTable {
@@ -102,6 +104,7 @@ impl OutputTable {
                 name: t.name.clone(),
                 schema: schema.clone(),
                 partition_by: job.output(&t.name).partition_by,
+                keys: transforms.update_keys(&t.name).map(<[String]>::to_vec),
             })
             .collect()
     }
@@ -593,8 +596,28 @@ impl Follower {
             } else if attempts >= policy.attempts {
                 match self.dest.ping().await {
                     Ok(()) => {
-                        self.park(record, error.to_string(), attempts).await?;
-                        return Ok(false);
+                        // An update output's rows are never parked: loading a later batch first
+                        // and this one after would put older rows back over newer ones. They
+                        // are loaded alone, and only the appended tables are parked; when they
+                        // are what fails, the batch waits until the cause is fixed.
+                        let (updates, appends) = split_updates(&record);
+                        if updates.files.is_empty() {
+                            self.park(record, error.to_string(), attempts).await?;
+                            return Ok(false);
+                        }
+                        match self.dest.load(&updates).await {
+                            Ok(()) if !appends.files.is_empty() => {
+                                self.park(appends, error.to_string(), attempts).await?;
+                                return Ok(false);
+                            }
+                            Ok(()) => return Ok(true),
+                            Err(e) => tracing::warn!(
+                                destination = name,
+                                batch = record.batch,
+                                "{e}; an update output's batches load in order, so this batch \
+                                 waits instead of being parked: fix the cause and loads go on"
+                            ),
+                        }
                     }
                     Err(down) => tracing::warn!(
                         destination = name,
@@ -693,7 +716,9 @@ pub struct Backfill {
 impl Backfill {
     /// The tables' current contents up to batch `upto`, as one record: every live file of a
     /// batch up to `upto` (merged files only ever hold such batches: compaction waits for every
-    /// destination, this one included, while it backfills).
+    /// destination, this one included, while it backfills). An update output's live files are
+    /// its current contents, which replace the destination's (the batches after `upto` that
+    /// follow replace keys again, so it ends at the table's state).
     pub async fn snapshot(
         &self,
         tables: &[OutputTable],
@@ -708,10 +733,11 @@ impl Backfill {
             let mut live = crate::sink::lake::delta::live_files(&table).await?;
             live.sort_by(|a, b| a.path.cmp(&b.path));
             let mut n = 0;
+            let upsert = t.keys.as_ref().map(|_| crate::sink::Upsert::Contents);
             for f in live {
                 let name = f.path.rsplit('/').next().unwrap_or(&f.path);
                 let batch = crate::sink::lake::batch_of(&self.job, name);
-                if batch.is_none_or(|b| b > upto) {
+                if upsert.is_none() && batch.is_none_or(|b| b > upto) {
                     continue;
                 }
                 n += f.rows.unwrap_or(0);
@@ -720,6 +746,7 @@ impl Backfill {
                     path: format!("{}/{}", t.name, f.path),
                     rows: f.rows.unwrap_or(0),
                     bytes: f.bytes,
+                    upsert: upsert.clone(),
                 });
             }
             rows.insert(t.name.clone(), n);
@@ -738,6 +765,24 @@ impl Backfill {
             windows: Default::default(),
         })
     }
+}
+
+/// A committed batch split in two: its update outputs' tables, and the other tables.
+fn split_updates(record: &CommitRecord) -> (CommitRecord, CommitRecord) {
+    let updated: std::collections::BTreeSet<&str> = record
+        .files
+        .iter()
+        .filter(|f| f.upsert.is_some())
+        .map(|f| f.table.as_str())
+        .collect();
+    let part = |keep: bool| {
+        let mut r = record.clone();
+        r.files
+            .retain(|f| updated.contains(f.table.as_str()) == keep);
+        r.rows.retain(|t, _| updated.contains(t.as_str()) == keep);
+        r
+    };
+    (part(true), part(false))
 }
 
 /// Sets a destination's backlog gauge: committed batch ids not yet loaded.

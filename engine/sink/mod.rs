@@ -33,7 +33,24 @@ pub struct WrittenFile {
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
+    /// Set for an update output's file: its rows replace those with the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<Upsert>,
 }
+
+/// How an update output's file replaces rows in a warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Upsert {
+    /// One batch's changes: each row replaces the row with its `keys`, and a row whose
+    /// [`DELETED`] column is true deletes it (its other columns are null).
+    Changes { keys: Vec<String> },
+    /// The table's whole contents (a new destination's backfill): they replace every row.
+    Contents,
+}
+
+/// The column of a change file marking a key whose row is deleted.
+pub const DELETED: &str = "_weir_deleted";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -21,7 +21,7 @@ use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
-use crate::job::{DimTable, Job, WindowSpec};
+use crate::job::{DimTable, Emit, Job, WindowSpec};
 use window::WindowState;
 
 /// The table each micro-batch is registered as.
@@ -85,6 +85,19 @@ pub struct TableOutput {
     pub name: String,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// Set for an update output run by [`Transforms::step`]: `batches` replace the rows of the
+    /// keys the batch touched.
+    pub update: Option<Update>,
+}
+
+/// What a batch of an update output replaces.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// The output's key columns (one per GROUP BY key).
+    pub keys: Vec<String>,
+    /// Keys the batch touched that now have no row (HAVING, a join after the aggregate): their
+    /// rows are deleted. Columns: `keys`.
+    pub deleted: Option<RecordBatch>,
 }
 
 impl TableOutput {
@@ -103,12 +116,15 @@ pub struct Transforms {
     pub schemas: Vec<SchemaRef>,
     /// Window outputs: their window, and its column's position among the GROUP BY keys.
     windows: BTreeMap<String, (WindowSpec, usize)>,
+    /// Update outputs: their key columns (one per GROUP BY key, in order).
+    updates: BTreeMap<String, Vec<String>>,
     /// The events' time column (the watermark).
     time_column: Option<String>,
-    /// Window outputs' state after the last batch [`Transforms::step`] ran.
+    /// Window and update outputs' state after the last batch [`Transforms::step`] ran (for an
+    /// update output, `open` holds every key's state).
     state: Mutex<BTreeMap<String, WindowState>>,
-    /// How window outputs are planned (the same tables; see [`window_session`]).
-    window_session: Option<SessionState>,
+    /// How window and update outputs are planned (the same tables; see [`incremental_session`]).
+    incremental: Option<SessionState>,
 }
 
 /// One batch through the transforms, window outputs kept across batches.
@@ -116,7 +132,7 @@ pub struct Step {
     pub outputs: Vec<TableOutput>,
     /// Rows that came too late for their window, per window output.
     pub late: Vec<LateRows>,
-    /// Every window output's state after this batch.
+    /// Every window and update output's state after this batch.
     pub windows: BTreeMap<String, WindowState>,
 }
 
@@ -149,50 +165,58 @@ impl Transforms {
             }
         }
         let transforms = order::sort(loaded)?;
-        let windowed = job.outputs.values().any(|o| o.window.is_some());
-        let window_session = windowed.then(|| window_session(&ctx));
+        let stateful = job.outputs.values().any(|o| o.stateful());
+        let incremental = stateful.then(|| incremental_session(&ctx));
         let mut this = Self {
             ctx,
-            window_session,
+            incremental,
             events_schema,
             transforms,
             schemas: Vec::new(),
             windows: BTreeMap::new(),
+            updates: BTreeMap::new(),
             time_column: job.input.time_column.clone(),
             state: Mutex::default(),
         };
         this.schemas = this.check(job).await?;
-        this.windows = this.check_windows(job).await?;
+        this.check_incremental(job).await?;
         Ok(this)
     }
 
-    /// Checks that each window output's query can be kept per window (see `window::analyze`).
-    async fn check_windows(
-        &self,
-        job: &Job,
-    ) -> Result<BTreeMap<String, (WindowSpec, usize)>, TransformError> {
-        let mut out = BTreeMap::new();
+    /// Checks that each window and update output's query can be kept incrementally (see
+    /// `window::analyze` and `window::update_keys`).
+    async fn check_incremental(&mut self, job: &Job) -> Result<(), TransformError> {
+        let dims: BTreeSet<&str> = job.tables.iter().map(|d| d.name.as_str()).collect();
         for t in &self.transforms {
-            let Some(spec) = job.output(&t.name).window else {
-                continue;
+            let emit = job.output(&t.name).emit;
+            let (mode, session) = match (&emit, &self.incremental) {
+                (Emit::Window(_), Some(s)) => ("window", s),
+                (Emit::Update, Some(s)) => ("update", s),
+                _ => continue,
             };
-            let session = self.window_session.as_ref().expect("a window session");
             let plan = plan(session, t).await?;
-            let dims: BTreeSet<&str> = job.tables.iter().map(|d| d.name.as_str()).collect();
-            let group = window::analyze(&plan, &spec.column, &dims).map_err(|message| {
-                TransformError::Sql {
-                    file: t.file.display().to_string(),
-                    at: String::new(),
-                    message: format!(
-                        "outputs.{} has emit = \"window\" in {}, but {message}",
-                        t.name,
-                        job.file.display()
-                    ),
+            let refused = |message: String| TransformError::Sql {
+                file: t.file.display().to_string(),
+                at: String::new(),
+                message: format!(
+                    "outputs.{} has emit = \"{mode}\" in {}, but {message}",
+                    t.name,
+                    job.file.display()
+                ),
+            };
+            match emit {
+                Emit::Window(spec) => {
+                    let group = window::analyze(&plan, &spec.column, &dims).map_err(refused)?;
+                    self.windows.insert(t.name.clone(), (spec, group));
                 }
-            })?;
-            out.insert(t.name.clone(), (spec, group));
+                Emit::Update => {
+                    let keys = window::update_keys(&plan, &dims).map_err(refused)?;
+                    self.updates.insert(t.name.clone(), keys);
+                }
+                Emit::Batch => {}
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Whether any output is a window output.
@@ -200,19 +224,38 @@ impl Transforms {
         !self.windows.is_empty()
     }
 
-    /// Groups held open, per window output.
+    /// Whether any output keeps state across batches (window or update outputs).
+    pub fn stateful(&self) -> bool {
+        !self.windows.is_empty() || !self.updates.is_empty()
+    }
+
+    /// The key columns of an update output.
+    pub fn update_keys(&self, output: &str) -> Option<&[String]> {
+        self.updates.get(output).map(Vec::as_slice)
+    }
+
+    /// Groups held in state, per window output (open windows) and update output (keys).
     pub fn open_groups(&self) -> BTreeMap<String, usize> {
         let state = self.state.lock().expect("window state");
         self.windows
             .keys()
+            .chain(self.updates.keys())
             .map(|n| (n.clone(), state.get(n).map_or(0, WindowState::groups)))
             .collect()
     }
 
-    /// Sets a window output's state (from the last commit, when a run starts).
+    /// Whether a window output holds open windows (after the last batch transformed).
+    pub fn has_open_windows(&self) -> bool {
+        let state = self.state.lock().expect("window state");
+        self.windows
+            .keys()
+            .any(|n| state.get(n).is_some_and(|s| s.groups() > 0))
+    }
+
+    /// Sets a window or update output's state (from the last commit, when a run starts).
     pub fn restore(&self, output: &str, state: WindowState) {
-        // An output that is no longer a window output (or gone) starts afresh if it comes back.
-        if !self.windows.contains_key(output) {
+        // An output that no longer keeps state (or is gone) starts afresh if it comes back.
+        if !self.windows.contains_key(output) && !self.updates.contains_key(output) {
             return;
         }
         self.state
@@ -300,6 +343,7 @@ impl Transforms {
             // Planned at start-up (`check`, which keeps no window state, runs before they are).
             let planned = || self.schemas[i].clone();
             let window = windows.and_then(|flush| Some((flush, self.windows.get(&t.name)?)));
+            let update = windows.and_then(|_| self.updates.get(&t.name));
             // A batch that only finishes windows (the end of the input) has no events: the
             // per-batch outputs run only on what window outputs wrote (a global aggregate of
             // `events` would write an extra row of zeros).
@@ -309,6 +353,7 @@ impl Transforms {
                 && !outputs
                     .iter()
                     .any(|o| t.deps.contains(&o.name) && o.rows() > 0);
+            let mut changed = None;
             let (schema, batches) = if idle {
                 (planned(), Vec::new())
             } else if let Some((flush, (spec, group))) = window {
@@ -316,8 +361,23 @@ impl Transforms {
                     .step_window(t, spec, *group, &mut states, &mut late, max_time, flush)
                     .await?;
                 (planned(), batches)
+            } else if let Some(keys) = update {
+                let (batches, deleted) = self.step_update(t, keys, &planned(), &mut states).await?;
+                changed = Some(Update {
+                    keys: keys.clone(),
+                    deleted,
+                });
+                (planned(), batches)
             } else {
                 self.query(t).await?
+            };
+            // An update output's batch that touched nothing changes nothing.
+            let changed = match (update, changed) {
+                (Some(keys), None) => Some(Update {
+                    keys: keys.clone(),
+                    deleted: None,
+                }),
+                (_, c) => c,
             };
             self.replace_table(&t.name, schema.clone(), batches.clone())
                 .map_err(|source| TransformError::Execute {
@@ -328,6 +388,7 @@ impl Transforms {
                 name: t.name.clone(),
                 schema,
                 batches,
+                update: changed,
             });
         }
         // The batch and its outputs are only read within this run: free them now, not when the
@@ -406,7 +467,7 @@ impl Transforms {
             file: t.file.display().to_string(),
             source,
         };
-        let session = self.window_session.as_ref().expect("a window session");
+        let session = self.incremental.as_ref().expect("an incremental session");
         let logical = plan(session, t).await?;
         let plan = session
             .create_physical_plan(&logical)
@@ -436,6 +497,44 @@ impl Transforms {
         Ok(stepped.rows)
     }
 
+    /// One batch of an update output, planned in the incremental session: the rows of the keys
+    /// it touched, and those of its touched keys that have no row any more.
+    async fn step_update(
+        &self,
+        t: &Transform,
+        keys: &[String],
+        schema: &SchemaRef,
+        states: &mut BTreeMap<String, WindowState>,
+    ) -> Result<(Vec<RecordBatch>, Option<RecordBatch>), TransformError> {
+        let failed = |source| TransformError::Execute {
+            file: t.file.display().to_string(),
+            source,
+        };
+        let session = self.incremental.as_ref().expect("an incremental session");
+        let logical = plan(session, t).await?;
+        let plan = session
+            .create_physical_plan(&logical)
+            .await
+            .map_err(failed)?;
+        let before = states.remove(&t.name).unwrap_or_default();
+        let updated = window::step_update(&plan, session.task_ctx(), before.open.as_ref())
+            .await
+            .map_err(failed)?;
+        states.insert(
+            t.name.clone(),
+            WindowState {
+                open: updated.state,
+                ..WindowState::default()
+            },
+        );
+        let deleted = match updated.touched {
+            Some(touched) => window::gone_keys(&touched, keys, schema, &updated.rows)
+                .map_err(|e| failed(e.into()))?,
+            None => None,
+        };
+        Ok((updated.rows, deleted))
+    }
+
     fn replace_table(
         &self,
         name: &str,
@@ -458,11 +557,11 @@ async fn plan(state: &SessionState, t: &Transform) -> Result<LogicalPlan, Transf
         .map_err(|e| sql_error(&t.file, &t.sql, e))
 }
 
-/// The session window outputs are planned in: the same tables, one partition (so the aggregate is
-/// one stage whose GROUP BY keys keep the order of the query, and nothing above it expects hash
-/// partitions), and two rewrites off: count(DISTINCT x) stays one aggregate (its state is the
-/// set of values) instead of two stacked ones, and constant GROUP BY keys stay keys.
-fn window_session(ctx: &SessionContext) -> SessionState {
+/// The session window and update outputs are planned in: the same tables, one partition (so the
+/// aggregate is one stage whose GROUP BY keys keep the order of the query, and nothing above it
+/// expects hash partitions), and two rewrites off: count(DISTINCT x) stays one aggregate (its
+/// state is the set of values) instead of two stacked ones, and constant GROUP BY keys stay keys.
+fn incremental_session(ctx: &SessionContext) -> SessionState {
     let base = ctx.state();
     let rules: Vec<_> = base
         .optimizers()

@@ -12,7 +12,8 @@ use std::time::Duration;
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::{cast, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DataFusionError};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
@@ -62,15 +63,19 @@ pub struct Stepped {
     pub state: WindowState,
 }
 
-/// Checks that `plan` (as written, before optimisation) can be kept incrementally as a window
-/// output on `column`; returns the position of `column` among the GROUP BY keys, or the reason
-/// and the fix. `dims` are the job's dimension tables, the only tables a query may read above
-/// its aggregate (that part runs when a window is finished, not on each batch).
-pub fn analyze(
+/// Checks that `plan` (as written, before optimisation) can be kept incrementally: one aggregate,
+/// nothing above it that needs every row (window functions, LIMIT), and only `dims` (the job's
+/// dimension tables) read above it, since that part runs on the aggregate's result rather than on
+/// each batch. `mode` names the output's emit mode in messages; returns the reason and the fix.
+pub fn check_incremental(
     plan: &LogicalPlan,
-    column: &str,
+    mode: &str,
     dims: &std::collections::BTreeSet<&str>,
-) -> std::result::Result<usize, String> {
+) -> std::result::Result<(), String> {
+    let (unit, fill) = match mode {
+        "window" => ("per window", "as windows fill"),
+        _ => ("per key", "as keys are updated"),
+    };
     let mut aggregates = 0;
     let mut refused: Option<String> = None;
     plan.apply_with_subqueries(|node| {
@@ -81,9 +86,9 @@ pub fn analyze(
                     .iter()
                     .any(|e| matches!(e, Expr::GroupingSet(_)))
                 {
-                    refused.get_or_insert(
-                        "GROUPING SETS, ROLLUP and CUBE cannot be kept per window; write one output per grouping".into(),
-                    );
+                    refused.get_or_insert(format!(
+                        "GROUPING SETS, ROLLUP and CUBE cannot be kept {unit}; write one output per grouping"
+                    ));
                 }
             }
             LogicalPlan::Distinct(_) => aggregates += 1,
@@ -93,9 +98,9 @@ pub fn analyze(
                 );
             }
             LogicalPlan::Limit(_) => {
-                refused.get_or_insert(
-                    "LIMIT cannot be kept incrementally (the rows it keeps change as windows fill); drop it and limit when reading the table".into(),
-                );
+                refused.get_or_insert(format!(
+                    "LIMIT cannot be kept incrementally (the rows it keeps change {fill}); drop it and limit when reading the table"
+                ));
             }
             LogicalPlan::Sort(s) if s.fetch.is_some() => {
                 refused.get_or_insert(
@@ -111,26 +116,46 @@ pub fn analyze(
         return Err(r);
     }
     match aggregates {
+        0 if mode == "window" => {
+            return Err(
+                "emit = \"window\" needs an aggregate query (GROUP BY minute, ...) with its window column a window start such as date_trunc('minute', event_time); this query has no aggregate: use emit = \"batch\" to write its rows as they come".into(),
+            );
+        }
         0 => {
-            return Err(format!(
-                "emit = \"window\" needs an aggregate query (GROUP BY {column}, ...) with {column} a window start such as date_trunc('minute', event_time); this query has no aggregate: use emit = \"batch\" to write its rows as they come"
-            ));
+            return Err(
+                "emit = \"update\" needs an aggregate query (SELECT key, sum(x) ... GROUP BY key): it keeps one row per GROUP BY key; this query has no aggregate: use emit = \"batch\" to write its rows as they come".into(),
+            );
         }
         1 => {}
         _ => {
-            return Err(
-                "two aggregates stacked (an aggregate of an aggregate, DISTINCT over GROUP BY, or a UNION of aggregates) cannot be kept incrementally; keep the inner aggregate as its own window output and aggregate it when reading".into(),
-            );
+            return Err(format!(
+                "two aggregates stacked (an aggregate of an aggregate, DISTINCT over GROUP BY, or a UNION of aggregates) cannot be kept incrementally; keep the inner aggregate as its own {mode} output and aggregate it when reading"
+            ));
         }
     }
     if let Some(table) = read_above_aggregate(plan)
         .into_iter()
         .find(|t| !dims.contains(t.as_str()))
     {
+        let when = match mode {
+            "window" => "when a window is finished",
+            _ => "on the updated keys",
+        };
         return Err(format!(
-            "it reads {table} after its aggregate: that part runs when a window is finished, so only the job's [tables] (dimension tables) may be joined there; join {table} before the GROUP BY, or make this output emit = \"batch\""
+            "it reads {table} after its aggregate: that part runs {when}, not on each batch's events, so only the job's [tables] (dimension tables) may be joined there; join {table} before the GROUP BY, or make this output emit = \"batch\""
         ));
     }
+    Ok(())
+}
+
+/// Checks that `plan` can be kept as a window output on `column` (see [`check_incremental`]);
+/// returns the position of `column` among the GROUP BY keys, or the reason and the fix.
+pub fn analyze(
+    plan: &LogicalPlan,
+    column: &str,
+    dims: &std::collections::BTreeSet<&str>,
+) -> std::result::Result<usize, String> {
+    check_incremental(plan, "window", dims)?;
     let schema = plan.schema();
     let Some(at) = schema.fields().iter().position(|f| f.name() == column) else {
         return Err(format!(
@@ -151,6 +176,44 @@ pub fn analyze(
     }
     let (qualifier, field) = schema.qualified_field(at);
     group_index(plan, &Column::new(qualifier.cloned(), field.name()), column)
+}
+
+/// Checks that `plan` can be kept as an update output (see [`check_incremental`]) and returns
+/// its key: for each GROUP BY key in order, the output column holding it. Every key must be
+/// selected as it is, since the output keeps one row per key and replaces it by key.
+pub fn update_keys(
+    plan: &LogicalPlan,
+    dims: &std::collections::BTreeSet<&str>,
+) -> std::result::Result<Vec<String>, String> {
+    check_incremental(plan, "update", dims)?;
+    let mut group_by: Vec<String> = Vec::new();
+    plan.apply(|node| {
+        if let LogicalPlan::Aggregate(a) = node {
+            group_by = a.group_expr.iter().map(|e| e.to_string()).collect();
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| e.strip_backtrace())?;
+    let schema = plan.schema();
+    let mut keys: Vec<Option<String>> = vec![None; group_by.len()];
+    for at in 0..schema.fields().len() {
+        let (qualifier, field) = schema.qualified_field(at);
+        let col = Column::new(qualifier.cloned(), field.name());
+        if let Ok(i) = group_index(plan, &col, field.name()) {
+            keys[i].get_or_insert_with(|| field.name().clone());
+        }
+    }
+    keys.into_iter()
+        .zip(&group_by)
+        .map(|(k, expr)| {
+            k.ok_or_else(|| {
+                format!(
+                    "the GROUP BY key {expr} is not one of its columns: an update output keeps one row per GROUP BY key and replaces it by that key, so select every key as it is (SELECT {expr} AS name, ...)"
+                )
+            })
+        })
+        .collect()
 }
 
 /// Tables scanned by `plan` outside its aggregate's input.
@@ -458,6 +521,163 @@ pub async fn step(
             open: (open.num_rows() > 0).then_some(open),
         },
     })
+}
+
+/// One batch of an update output.
+pub struct Updated {
+    /// The output's rows for the keys this batch touched (after HAVING and the plan above the
+    /// aggregate: a touched key may have none).
+    pub rows: Vec<RecordBatch>,
+    /// The GROUP BY keys this batch touched (their columns, in GROUP BY order).
+    pub touched: Option<RecordBatch>,
+    /// The accumulator state of every key: the GROUP BY keys, then each aggregate's state.
+    pub state: Option<RecordBatch>,
+}
+
+/// Runs one batch of an update output: the batch's `Partial` state is folded into every key's
+/// state (`PartialReduce`), and the keys the batch touched are finished (`Final` and the plan
+/// above the aggregate) from their whole state: their rows replace the earlier ones.
+pub async fn step_update(
+    plan: &Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    state: Option<&RecordBatch>,
+) -> Result<Updated> {
+    let parts = Parts::of(plan)?;
+    let input = collect(parts.input.clone(), task.clone()).await?;
+    let unchanged = || Updated {
+        rows: Vec::new(),
+        touched: None,
+        state: state.cloned(),
+    };
+    if input.iter().all(|b| b.num_rows() == 0) {
+        return Ok(unchanged());
+    }
+    let input_schema = parts.input.schema();
+    let partial = collect(
+        parts.stage(AggregateMode::Partial, input, input_schema.clone())?,
+        task.clone(),
+    )
+    .await?;
+    let partial: Vec<RecordBatch> = partial.into_iter().filter(|b| b.num_rows() > 0).collect();
+    if partial.is_empty() {
+        return Ok(unchanged());
+    }
+    let state_schema = parts
+        .stage(AggregateMode::Partial, Vec::new(), input_schema)?
+        .schema();
+    let keys = parts.group_by.expr().len();
+    let mut held = Vec::with_capacity(partial.len() + 1);
+    if let Some(old) = state {
+        if old.schema().fields() != state_schema.fields() {
+            return Err(DataFusionError::Plan(format!(
+                "the SQL changed: the saved state of this update output has other columns than this query's aggregate ({} against {}). Put the old SQL back, or give the changed query a new output name (a new table, starting with no state)",
+                old.schema(),
+                state_schema
+            )));
+        }
+        held.push(old.clone());
+    }
+    // The keys this batch touched, as rows (any partial batch may hold any key).
+    let converter = RowConverter::new(
+        state_schema.fields()[..keys]
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?;
+    let mut touched_keys = std::collections::HashSet::new();
+    for b in &partial {
+        let rows = converter.convert_columns(&b.columns()[..keys])?;
+        touched_keys.extend(rows.iter().map(|r| r.owned()));
+    }
+    held.extend(partial);
+    let merged = collect(
+        parts.stage(AggregateMode::PartialReduce, held, state_schema.clone())?,
+        task.clone(),
+    )
+    .await?;
+    let merged = concat_batches(&state_schema, &merged)?;
+    let is_touched: BooleanArray = if keys == 0 {
+        BooleanArray::from(vec![true; merged.num_rows()])
+    } else {
+        let rows = converter.convert_columns(&merged.columns()[..keys])?;
+        rows.iter()
+            .map(|r| Some(touched_keys.contains(&r.owned())))
+            .collect()
+    };
+    let done = filter_record_batch(&merged, &is_touched)?;
+    let touched = done.project(&(0..keys).collect::<Vec<_>>())?;
+    let last = parts.stage(AggregateMode::Final, vec![done], state_schema)?;
+    let finish = replace_aggregate(plan, &last)?.expect("the plan has an aggregate");
+    let rows = collect(finish, task).await?;
+    Ok(Updated {
+        rows,
+        touched: Some(touched),
+        state: Some(merged),
+    })
+}
+
+/// Of the `touched` keys (GROUP BY columns in order), those no row of `rows` holds any more, as
+/// a batch of the output's `keys` columns (typed as in `schema`); `None` when every one has a row.
+pub fn gone_keys(
+    touched: &RecordBatch,
+    keys: &[String],
+    schema: &SchemaRef,
+    rows: &[RecordBatch],
+) -> std::result::Result<Option<RecordBatch>, arrow::error::ArrowError> {
+    use arrow::datatypes::{Field, Schema};
+    let fields: Vec<Field> = keys
+        .iter()
+        .map(|k| Ok(schema.field_with_name(k)?.clone().with_nullable(true)))
+        .collect::<std::result::Result<_, arrow::error::ArrowError>>()?;
+    let key_schema = Arc::new(Schema::new(fields));
+    let present: usize = rows.iter().map(RecordBatch::num_rows).sum();
+    if keys.is_empty() {
+        // A global aggregate: its one row is gone when HAVING (or a join) leaves none.
+        let gone = touched.num_rows() > 0 && present == 0;
+        return Ok(gone.then(|| {
+            RecordBatch::try_new_with_options(
+                key_schema,
+                Vec::new(),
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+            )
+            .expect("an empty key")
+        }));
+    }
+    let columns: Vec<ArrayRef> = touched
+        .columns()
+        .iter()
+        .zip(key_schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<std::result::Result<_, _>>()?;
+    let converter = RowConverter::new(
+        key_schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?;
+    let mut held = std::collections::HashSet::new();
+    for b in rows {
+        let cols: Vec<ArrayRef> = keys
+            .iter()
+            .zip(key_schema.fields())
+            .map(|(k, f)| {
+                let c = b.column_by_name(k).expect("an output column");
+                cast(c, f.data_type())
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        held.extend(converter.convert_columns(&cols)?.iter().map(|r| r.owned()));
+    }
+    let probe = converter.convert_columns(&columns)?;
+    let gone: BooleanArray = probe
+        .iter()
+        .map(|r| Some(!held.contains(&r.owned())))
+        .collect();
+    if gone.true_count() == 0 {
+        return Ok(None);
+    }
+    let all = RecordBatch::try_new(key_schema, columns)?;
+    Ok(Some(filter_record_batch(&all, &gone)?))
 }
 
 /// The state of open windows as an Arrow IPC stream (the lake's state folder keeps one per batch).

@@ -99,26 +99,47 @@ fn ecommerce_outputs_match_an_independent_computation() {
     ));
     assert_eq!(twice, ["0"], "a product and minute written twice");
 
-    // inventory: net units per product and day, joined with the catalogue.
-    let products = format!("read_csv('{}/data/products.csv')", p.root().display());
-    let inventory = symmetric_difference(
+    // revenue, a window output: one row per minute, equal to the whole-input sums.
+    let revenue = symmetric_difference(
         &format!(
-            "SELECT product_id, name, dt, sum(units_sold), min(stock_on_hand) FROM {} GROUP BY ALL",
-            lake_table(&lake, "inventory")
+            "SELECT minute, orders, refunds, units, revenue FROM {}",
+            lake_table(&lake, "revenue")
         ),
         &format!(
-            "SELECT e.product_id, p.name, CAST(e.event_time AS DATE),
-                    sum(CASE WHEN event_type = 'refund' THEN -quantity ELSE quantity END), min(p.stock_on_hand)
-             FROM {raw} e JOIN {products} p USING (product_id)
-             WHERE event_type IN ('purchase', 'refund') GROUP BY ALL"
+            "SELECT date_trunc('minute', event_time),
+                    count(*) FILTER (WHERE event_type = 'purchase'),
+                    count(*) FILTER (WHERE event_type = 'refund'),
+                    sum(CASE WHEN event_type = 'refund' THEN -quantity ELSE quantity END),
+                    CAST(sum(CASE WHEN event_type = 'refund' THEN -quantity * price ELSE quantity * price END) AS DECIMAL(14,2))
+             FROM {raw} WHERE event_type IN ('purchase', 'refund') GROUP BY ALL"
         ),
     );
-    assert!(inventory.is_empty(), "inventory differs: {inventory:?}");
-    let low = duckdb(&format!(
-        "SELECT count(*) FROM {} WHERE low_stock <> (stock_after < 10)",
-        lake_table(&lake, "inventory")
+    assert!(revenue.is_empty(), "revenue differs: {revenue:?}");
+
+    // stock, an update output: one row per product over every event, never negative.
+    let products = format!("read_csv('{}/data/products.csv')", p.root().display());
+    let stock = symmetric_difference(
+        &format!(
+            "SELECT product_id, name, units_sold, units_restocked, stock_left, low_stock, last_movement FROM {}",
+            lake_table(&lake, "stock")
+        ),
+        &format!(
+            "SELECT product_id, p.name, sold, restocked, p.stock_on_hand + restocked - sold,
+                    p.stock_on_hand + restocked - sold < 10, last
+             FROM (SELECT product_id,
+                          coalesce(sum(CASE event_type WHEN 'purchase' THEN quantity WHEN 'refund' THEN -quantity END), 0) AS sold,
+                          coalesce(sum(quantity) FILTER (WHERE event_type = 'restock'), 0) AS restocked,
+                          max(event_time) AS last
+                   FROM {raw} WHERE event_type IN ('purchase', 'refund', 'restock') GROUP BY ALL)
+             JOIN {products} p USING (product_id)"
+        ),
+    );
+    assert!(stock.is_empty(), "stock differs: {stock:?}");
+    let negative = duckdb(&format!(
+        "SELECT count(*) FROM {} WHERE stock_left < 0",
+        lake_table(&lake, "stock")
     ));
-    assert_eq!(low, ["0"]);
+    assert_eq!(negative, ["0"], "negative stock");
 
     // A second run finds nothing new and writes nothing.
     let again = stdout(&run(&mut p.run_cmd(), true));

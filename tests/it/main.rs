@@ -7,5 +7,6 @@ mod delta;
 mod ecommerce;
 mod errors;
 mod kinesis;
+mod updates;
 mod warehouses;
 mod windows;

@@ -184,8 +184,16 @@ const CHECKS: &[(&str, &str)] = &[
         "funnel",
         "count(*), sum(views), sum(purchases), sum(revenue)",
     ),
-    ("inventory", "count(*), sum(units_sold), sum(stock_after)"),
+    ("revenue", "count(*), sum(orders), sum(units), sum(revenue)"),
+    (
+        "stock",
+        "count(*), count(DISTINCT product_id), sum(units_sold), sum(stock_left)",
+    ),
 ];
+
+/// The update output compared row for row: one row per product, the same in every warehouse.
+const STOCK_ROWS: &str =
+    "SELECT product_id, units_sold, units_restocked, stock_left FROM {} ORDER BY product_id";
 
 fn numbers(rows: Vec<Vec<String>>) -> Vec<f64> {
     rows.into_iter()
@@ -231,6 +239,17 @@ fn assert_warehouses_match_lake(p: &Project, w: &Warehouses) {
         )));
         assert_close(&format!("BigQuery {table}"), &got, &want);
     }
+    let lake_rows = duckdb(&STOCK_ROWS.replace("{}", &lake_table(&p.lake(), "stock")));
+    let as_lines =
+        |rows: Vec<Vec<String>>| -> Vec<String> { rows.into_iter().map(|r| r.join(",")).collect() };
+    let pg_rows = as_lines(pg(
+        &STOCK_ROWS.replace("{}", &format!("\"{}\".stock", w.schema))
+    ));
+    assert_eq!(pg_rows, lake_rows, "PostgreSQL stock rows");
+    let bq_rows = as_lines(bq(
+        &STOCK_ROWS.replace("{}", &format!("`local.{}.stock`", w.dataset))
+    ));
+    assert_eq!(bq_rows, lake_rows, "BigQuery stock rows");
 }
 
 /// The (table, batch) pairs the commit log says have files.
@@ -282,7 +301,14 @@ fn assert_bigquery_jobs(p: &Project, w: &Warehouses) {
                 continue;
             }
             let i = index.entry(table.to_string()).or_default();
-            let id = format!("weir_{}_ecommerce_{lake}_{table}_{batch}_{i}", w.dataset);
+            // An update output's batch is done when its MERGE job is.
+            let id = match f.get("upsert") {
+                Some(_) => format!(
+                    "weir_{}_ecommerce_{lake}_{table}_{batch}_merge_0",
+                    w.dataset
+                ),
+                None => format!("weir_{}_ecommerce_{lake}_{table}_{batch}_{i}", w.dataset),
+            };
             *i += 1;
             let job: serde_json::Value = runtime().block_on(async {
                 reqwest::Client::new()
@@ -727,12 +753,14 @@ fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
             path: "sales/dt=2025-06-01/ecommerce-00000000000000000042-0.parquet".into(),
             rows: 1200,
             bytes: 48_213,
+            upsert: None,
         },
         weir::sink::WrittenFile {
             table: "sales".into(),
             path: "sales/dt=2025-06-02/ecommerce-00000000000000000042-1.parquet".into(),
             rows: 80,
             bytes: 6_120,
+            upsert: None,
         },
     ];
     let refs: Vec<_> = files.iter().collect();
@@ -751,6 +779,32 @@ fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
         "COMMIT".to_string(),
     ];
     golden("load.sql", &format!("{};\n", transaction.join(";\n\n")));
+
+    // An update output's batch: its change file staged, then the keys' rows replaced.
+    let stock = tables.iter().find(|t| t.name == "stock").unwrap();
+    let keys = stock.keys.clone().expect("stock is an update output");
+    let columns: Vec<String> = stock
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let upsert = weir::load::postgres::wire::Upsert {
+        ledger,
+        table: "stock",
+    };
+    let manifest = format!("s3://shop-lake/events/{}", r.manifest_path(42, "stock"));
+    let transaction = [
+        "BEGIN".to_string(),
+        ledger.lock(),
+        ledger.loaded("ecommerce", "stock", 42),
+        upsert.create_stage(),
+        r.copy_into(&upsert.stage(), &manifest),
+        upsert.apply(&keys, &columns),
+        ledger.insert("ecommerce", "stock", 42, 57, 1, at),
+        "COMMIT".to_string(),
+    ];
+    golden("upsert.sql", &format!("{};\n", transaction.join(";\n\n")));
 
     // The same DDL (in a fresh schema) is valid PostgreSQL, which Redshift's dialect derives from.
     let schema = unique("weir_redshift");
@@ -1078,14 +1132,16 @@ fn a_batch_that_fails_for_good_is_parked_and_loads_go_on_then_retry_loads_it_onc
     add_events(&p, 500, 9);
     run_job(&p);
     assert_eq!(cursor(&p, "postgres"), last_commit(&p));
-    let loaded = |batch: u64| {
+    let loaded = |batch: u64, table: &str| {
         pg(&format!(
-            "SELECT count(*) FROM \"{}\"._weir_loads WHERE batch = {batch}",
+            "SELECT count(*) FROM \"{}\"._weir_loads WHERE batch = {batch} AND table_name = '{table}'",
             w.schema
         ))[0][0]
             != "0"
     };
-    assert!(loaded(last_commit(&p)) && !loaded(bad_batch));
+    assert!(loaded(last_commit(&p), "sales") && !loaded(bad_batch, "sales"));
+    // The update output's rows of the parked batch were loaded (in order), not parked.
+    assert!(loaded(bad_batch, "stock"), "stock of the parked batch");
 
     // Fixed: retried once, loaded exactly once.
     pg(&format!(

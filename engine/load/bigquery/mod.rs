@@ -6,6 +6,9 @@
 //! looked up: done without error means loaded; running means wait; failed means try the next
 //! attempt's id (a failed load job loads nothing). "Already exists" on insert means another attempt
 //! got there first, so the job is looked up again.
+//!
+//! An update output's batch is its change file loaded into a staging table, then one `MERGE`
+//! query job whose id (`..._<batch>_merge_0`) is the batch's proof of being loaded.
 
 mod upload;
 
@@ -22,6 +25,7 @@ use gcp_bigquery_client::model::field_type::FieldType;
 use gcp_bigquery_client::model::job::Job;
 use gcp_bigquery_client::model::job_configuration::JobConfiguration;
 use gcp_bigquery_client::model::job_configuration_load::JobConfigurationLoad;
+use gcp_bigquery_client::model::job_configuration_query::JobConfigurationQuery;
 use gcp_bigquery_client::model::job_reference::JobReference;
 use gcp_bigquery_client::model::table::Table;
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
@@ -36,7 +40,7 @@ use super::types::Warehouse;
 use super::{Destination, LakeFiles, LoadError, OutputTable};
 use crate::commit::CommitRecord;
 use crate::job::BigQueryConfig;
-use crate::sink::WrittenFile;
+use crate::sink::{Upsert, WrittenFile};
 
 const NAME: &str = "bigquery";
 const DEFAULT_ENDPOINT: &str = "https://bigquery.googleapis.com";
@@ -132,11 +136,16 @@ impl BigQuery {
         }
     }
 
-    fn load_config(&self, table: &str, uris: Option<Vec<String>>) -> JobConfiguration {
+    fn load_config(
+        &self,
+        table: &str,
+        uris: Option<Vec<String>>,
+        disposition: &str,
+    ) -> JobConfiguration {
         let load = JobConfigurationLoad {
             destination_table: Some(TableReference::new(&self.project, &self.dataset, table)),
             source_format: Some("PARQUET".into()),
-            write_disposition: Some("WRITE_APPEND".into()),
+            write_disposition: Some(disposition.into()),
             create_disposition: Some("CREATE_NEVER".into()),
             source_uris: uris,
             ..Default::default()
@@ -147,20 +156,26 @@ impl BigQuery {
         }
     }
 
-    /// Loads one file exactly once; returns when its load job is done. Each call submits at most
-    /// one new job (ids `..._r1`, `_r2`, ... after failed ones), so the caller's attempts bound
-    /// the jobs, and a parked batch retried later gets a fresh id.
-    async fn load_file(
+    /// Runs one job exactly once; returns when it is done. Before submitting, the ids of earlier
+    /// attempts (`id_of(0)`, `id_of(1)`, ...) are looked up: done without error means done;
+    /// running means wait; failed means try the next id (a failed job changes nothing). Each call
+    /// submits at most one new job, so the caller's attempts bound the jobs, and a parked batch
+    /// retried later gets a fresh id. "Already exists" on submit means another attempt got there
+    /// first: the job is polled like our own.
+    async fn run_once<F, Fut>(
         &self,
-        table: &str,
-        batch: &str,
-        index: usize,
-        file: &WrittenFile,
-    ) -> Result<(), LoadError> {
-        let (client, auth) = self.client().await?;
+        what: &str,
+        id_of: impl Fn(u32) -> String,
+        submit: F,
+    ) -> Result<(), LoadError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), (Option<i64>, String)>>,
+    {
+        let (client, _) = self.client().await?;
         let mut submitted = false;
         for attempt in 0.. {
-            let id = self.job_id(table, batch, index, attempt);
+            let id = id_of(attempt);
             loop {
                 match self.job_state(client, &id).await? {
                     JobState::Missing => {}
@@ -170,55 +185,224 @@ impl BigQuery {
                     }
                     JobState::Done => return Ok(()),
                     JobState::Failed(e) if submitted => {
-                        return Err(self.fail(format!("{table}: loading {}: {e}", file.path)));
+                        return Err(self.fail(format!("{what}: {e}")));
                     }
                     // An earlier attempt's job: the next id is this attempt's.
                     JobState::Failed(_) => break,
                 }
                 submitted = true;
-                let sent = if self.lake.url.starts_with("gs://") {
-                    let config = self.load_config(table, Some(vec![self.lake.url_of(&file.path)]));
-                    let job = Job {
-                        configuration: Some(config),
-                        job_reference: Some(self.job_reference(&id)),
-                        ..Default::default()
-                    };
-                    let inserted = client.job().insert(&self.project, job).await;
-                    inserted
-                        .map(|_| ())
-                        .map_err(|e| (status(&e), e.to_string()))
-                } else {
-                    let data = self
-                        .lake
-                        .read(&file.path)
-                        .await
-                        .map_err(|e| self.fail(format!("reading {}: {e}", file.path)))?;
-                    let token = auth.access_token().await.map_err(|e| self.fail(e))?;
-                    let job = serde_json::json!({
-                        "jobReference": self.job_reference(&id),
-                        "configuration": self.load_config(table, None),
-                    });
-                    upload::resumable(
-                        &self.http,
-                        &self.endpoint,
-                        &self.project,
-                        &token,
-                        &job,
-                        data,
-                    )
-                    .await
-                    .map_err(|e| (e.status(), e.to_string()))
-                };
-                match sent {
-                    // Already exists: an earlier attempt submitted it; poll it like our own.
+                match submit(id.clone()).await {
                     Ok(()) | Err((Some(409), _)) => {}
-                    Err((_, e)) => {
-                        return Err(self.fail(format!("load job {id} of {}: {e}", file.path)));
-                    }
+                    Err((_, e)) => return Err(self.fail(format!("{what}: job {id}: {e}"))),
                 }
             }
         }
         unreachable!("job ids are endless")
+    }
+
+    /// Loads one file into `into` exactly once (see [`Self::run_once`]), appending or (for the
+    /// first file of an update output's backfill) replacing its rows.
+    async fn load_file(
+        &self,
+        into: &str,
+        id_of: impl Fn(u32) -> String,
+        file: &WrittenFile,
+        disposition: &str,
+    ) -> Result<(), LoadError> {
+        let (client, auth) = self.client().await?;
+        let what = format!("{into}: loading {}", file.path);
+        self.run_once(&what, id_of, |id| async move {
+            if self.lake.url.starts_with("gs://") {
+                let config =
+                    self.load_config(into, Some(vec![self.lake.url_of(&file.path)]), disposition);
+                let job = Job {
+                    configuration: Some(config),
+                    job_reference: Some(self.job_reference(&id)),
+                    ..Default::default()
+                };
+                client
+                    .job()
+                    .insert(&self.project, job)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (status(&e), e.to_string()))
+            } else {
+                let data = self
+                    .lake
+                    .read(&file.path)
+                    .await
+                    .map_err(|e| (None, format!("reading {}: {e}", file.path)))?;
+                let token = auth
+                    .access_token()
+                    .await
+                    .map_err(|e| (None, e.to_string()))?;
+                let job = serde_json::json!({
+                    "jobReference": self.job_reference(&id),
+                    "configuration": self.load_config(into, None, disposition),
+                });
+                upload::resumable(
+                    &self.http,
+                    &self.endpoint,
+                    &self.project,
+                    &token,
+                    &job,
+                    data,
+                )
+                .await
+                .map_err(|e| (e.status(), e.to_string()))
+            }
+        })
+        .await
+    }
+
+    /// An update output's batch: its change files are loaded into a staging table (the
+    /// target's columns and `_weir_deleted`), then one MERGE replaces the rows of their keys. The
+    /// MERGE job's id is the batch's proof: once it is done, the batch is loaded.
+    async fn merge_changes(
+        &self,
+        table: &str,
+        key: &str,
+        files: &[&WrittenFile],
+        keys: &[String],
+    ) -> Result<(), LoadError> {
+        let (client, _) = self.client().await?;
+        let merge_id = |attempt| self.job_id(table, &format!("{key}_merge"), 0, attempt);
+        if let Some(JobState::Done) = self.first_done(client, &merge_id).await? {
+            return Ok(());
+        }
+        let stage = format!("_weir_stage_{table}_{key}");
+        let target = client
+            .table()
+            .get(&self.project, &self.dataset, table, None)
+            .await
+            .map_err(|e| self.fail(format!("table {table}: {e}")))?;
+        let columns: Vec<String> = target
+            .schema
+            .fields
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        let mut staged = target.schema.fields.clone().unwrap_or_default();
+        staged.push(TableFieldSchema::bool(crate::sink::DELETED));
+        let created = client
+            .table()
+            .create(Table::new(
+                &self.project,
+                &self.dataset,
+                &stage,
+                TableSchema::new(staged),
+            ))
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if status(&e) == Some(409) => {}
+            Err(e) => return Err(self.fail(format!("creating staging table {stage}: {e}"))),
+        }
+        for (i, file) in files.iter().enumerate() {
+            let id_of = |attempt| self.job_id(table, &format!("{key}_stage"), i, attempt);
+            self.load_file(&stage, id_of, file, "WRITE_APPEND").await?;
+        }
+        let sql = self.merge_sql(table, &stage, keys, &columns);
+        self.run_once(&format!("{table}: MERGE"), merge_id, |id| {
+            let sql = sql.clone();
+            async move {
+                let job = Job {
+                    configuration: Some(JobConfiguration {
+                        query: Some(JobConfigurationQuery {
+                            query: sql,
+                            use_legacy_sql: Some(false),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    job_reference: Some(self.job_reference(&id)),
+                    ..Default::default()
+                };
+                client
+                    .job()
+                    .insert(&self.project, job)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (status(&e), e.to_string()))
+            }
+        })
+        .await?;
+        if let Err(e) = client
+            .table()
+            .delete(&self.project, &self.dataset, &stage)
+            .await
+        {
+            tracing::warn!("dropping staging table {stage}: {e}");
+        }
+        Ok(())
+    }
+
+    /// Whether one of the jobs `id_of(0..)` is done (looked up until one is missing).
+    async fn first_done(
+        &self,
+        client: &Client,
+        id_of: &(dyn Fn(u32) -> String + Sync),
+    ) -> Result<Option<JobState>, LoadError> {
+        for attempt in 0.. {
+            match self.job_state(client, &id_of(attempt)).await? {
+                JobState::Missing => return Ok(None),
+                JobState::Done => return Ok(Some(JobState::Done)),
+                JobState::Running | JobState::Failed(_) => {}
+            }
+        }
+        unreachable!("job ids are endless")
+    }
+
+    /// The MERGE of a staging table into `table`: a staged key's row is deleted
+    /// (`_weir_deleted`), replaced or inserted; NULL keys match NULL.
+    pub fn merge_sql(
+        &self,
+        table: &str,
+        stage: &str,
+        keys: &[String],
+        columns: &[String],
+    ) -> String {
+        let name = |t: &str| format!("`{}.{}.{t}`", self.project, self.dataset);
+        let q = |c: &str| format!("`{c}`");
+        let on: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let k = q(k);
+                format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
+            })
+            .collect();
+        let on = if on.is_empty() {
+            "TRUE".to_string()
+        } else {
+            on.join(" AND ")
+        };
+        let deleted = q(crate::sink::DELETED);
+        let mut sql = format!(
+            "MERGE {} T\nUSING {} S\nON {on}\nWHEN MATCHED AND S.{deleted} THEN DELETE\n",
+            name(table),
+            name(stage)
+        );
+        let values: Vec<String> = columns
+            .iter()
+            .filter(|c| !keys.contains(c))
+            .map(|c| format!("{} = S.{}", q(c), q(c)))
+            .collect();
+        if !values.is_empty() {
+            sql.push_str(&format!(
+                "WHEN MATCHED THEN UPDATE SET {}\n",
+                values.join(", ")
+            ));
+        }
+        let cols: Vec<String> = columns.iter().map(|c| q(c)).collect();
+        let vals: Vec<String> = columns.iter().map(|c| format!("S.{}", q(c))).collect();
+        sql.push_str(&format!(
+            "WHEN NOT MATCHED AND NOT S.{deleted} THEN INSERT ({}) VALUES ({})",
+            cols.join(", "),
+            vals.join(", ")
+        ));
+        sql
     }
 
     fn job_reference(&self, id: &str) -> JobReference {
@@ -428,9 +612,23 @@ impl Destination for BigQuery {
             false => batch.batch.to_string(),
         };
         for table in batch.rows.keys() {
-            let files = batch.files.iter().filter(|f| &f.table == table);
-            for (i, file) in files.enumerate() {
-                self.load_file(table, &key, i, file).await?;
+            let files: Vec<&WrittenFile> =
+                batch.files.iter().filter(|f| &f.table == table).collect();
+            if let Some(Upsert::Changes { keys }) = files.first().and_then(|f| f.upsert.as_ref()) {
+                self.merge_changes(table, &key, &files, keys).await?;
+                continue;
+            }
+            // An update output's backfill replaces its rows: the first file truncates.
+            let contents = files
+                .first()
+                .is_some_and(|f| f.upsert == Some(Upsert::Contents));
+            for (i, file) in files.iter().enumerate() {
+                let disposition = match contents && i == 0 {
+                    true => "WRITE_TRUNCATE",
+                    false => "WRITE_APPEND",
+                };
+                let id_of = |attempt| self.job_id(table, &key, i, attempt);
+                self.load_file(table, id_of, file, disposition).await?;
             }
         }
         Ok(())

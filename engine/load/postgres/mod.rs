@@ -59,10 +59,7 @@ impl Destination for Postgres {
     }
 
     async fn load(&self, batch: &CommitRecord) -> Result<(), LoadError> {
-        let copier = BinaryCopy {
-            lake: &self.lake,
-            schema: self.wire.ledger().schema(),
-        };
+        let copier = BinaryCopy { lake: &self.lake };
         self.wire.load(batch, &copier).await
     }
 }
@@ -70,7 +67,6 @@ impl Destination for Postgres {
 /// Streams a table's files of one batch with binary COPY.
 struct BinaryCopy<'a> {
     lake: &'a LakeFiles,
-    schema: &'a str,
 }
 
 #[async_trait]
@@ -78,6 +74,7 @@ impl CopyTable for BinaryCopy<'_> {
     async fn copy(
         &self,
         tx: &Transaction<'_>,
+        into: &str,
         table: &str,
         files: &[&WrittenFile],
     ) -> Result<(), LoadError> {
@@ -91,9 +88,7 @@ impl CopyTable for BinaryCopy<'_> {
             let columns =
                 parquet_columns(&data).map_err(|e| fail(format!("{}: {e}", file.path)))?;
             let statement = format!(
-                "COPY {}.{} ({}) FROM STDIN (FORMAT binary)",
-                quote_ident(self.schema),
-                quote_ident(table),
+                "COPY {into} ({}) FROM STDIN (FORMAT binary)",
                 columns
                     .iter()
                     .map(|c| quote_ident(c))

@@ -170,15 +170,82 @@ impl Ledger {
     }
 }
 
-/// Copies one table's files of a batch inside the batch's transaction.
+/// Copies one table's files of a batch inside the batch's transaction, into `into` (the SQL name
+/// of the output's table, or of the staging table of an update output).
 #[async_trait]
 pub trait CopyTable: Sync {
     async fn copy(
         &self,
         tx: &Transaction<'_>,
+        into: &str,
         table: &str,
         files: &[&WrittenFile],
     ) -> Result<(), LoadError>;
+}
+
+/// How an update output's batch replaces rows, in one transaction with the ledger (Redshift's
+/// documented upsert; PostgreSQL runs the same SQL): its change file is copied into a staging
+/// table, the target's rows of every key in it are deleted, and the new rows inserted.
+pub struct Upsert<'a> {
+    pub ledger: &'a Ledger,
+    pub table: &'a str,
+}
+
+impl Upsert<'_> {
+    pub fn target(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.ledger.schema),
+            quote_ident(self.table)
+        )
+    }
+
+    /// The staging table (temporary, so private to the session).
+    pub fn stage(&self) -> String {
+        quote_ident(&format!("_weir_stage_{}", self.table))
+    }
+
+    /// Creates the staging table: the target's columns, then `_weir_deleted`.
+    pub fn create_stage(&self) -> String {
+        format!(
+            "DROP TABLE IF EXISTS {stage};\nCREATE TEMP TABLE {stage} (LIKE {target});\nALTER TABLE {stage} ADD COLUMN {deleted} BOOLEAN",
+            stage = self.stage(),
+            target = self.target(),
+            deleted = quote_ident(crate::sink::DELETED)
+        )
+    }
+
+    /// Deletes the target's rows of every staged key (NULL keys match NULL), then inserts the
+    /// staged rows that are not deletions. `columns`: the target's columns.
+    pub fn apply(&self, keys: &[String], columns: &[String]) -> String {
+        // Redshift's DELETE takes no alias: columns are named by their tables.
+        let (t, s) = (quote_ident(self.table), self.stage());
+        let on: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let k = quote_ident(k);
+                format!("({t}.{k} = {s}.{k} OR ({t}.{k} IS NULL AND {s}.{k} IS NULL))")
+            })
+            .collect();
+        let on = if on.is_empty() {
+            "TRUE".to_string()
+        } else {
+            on.join(" AND ")
+        };
+        let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        format!(
+            "DELETE FROM {target} USING {stage} WHERE {on};\nINSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE NOT COALESCE({deleted}, FALSE);\nDROP TABLE {stage}",
+            target = self.target(),
+            stage = self.stage(),
+            cols = cols.join(", "),
+            deleted = quote_ident(crate::sink::DELETED)
+        )
+    }
+
+    /// A backfill of an update output: its contents replace every row.
+    pub fn clear(&self) -> String {
+        format!("DELETE FROM {}", self.target())
+    }
 }
 
 /// Parses a connection URL. `sslmode` follows libpq: `disable`; `prefer` (the default) and `require`
@@ -398,7 +465,31 @@ impl Connection {
                     );
                     continue;
                 }
-                if let Err(e) = copier.copy(&tx, table, &files).await {
+                let target = Upsert { ledger, table };
+                let copied = match files.first().and_then(|f| f.upsert.as_ref()) {
+                    None => copier.copy(&tx, &target.target(), table, &files).await,
+                    Some(crate::sink::Upsert::Contents) => {
+                        tx.batch_execute(&target.clear()).await?;
+                        copier.copy(&tx, &target.target(), table, &files).await
+                    }
+                    Some(crate::sink::Upsert::Changes { keys }) => {
+                        tx.batch_execute(&target.create_stage()).await?;
+                        match copier.copy(&tx, &target.stage(), table, &files).await {
+                            Ok(()) => {
+                                let columns: Vec<String> = tx
+                                    .query(&ledger.columns(table), &[])
+                                    .await?
+                                    .iter()
+                                    .map(|r| r.get(0))
+                                    .collect();
+                                tx.batch_execute(&target.apply(keys, &columns)).await?;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                if let Err(e) = copied {
                     return Ok(Err(e));
                 }
                 tx.batch_execute(&ledger.insert(

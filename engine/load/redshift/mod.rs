@@ -73,10 +73,18 @@ impl Redshift {
 
     /// The COPY of one batch's files of `table`, through its manifest.
     pub fn copy_statement(&self, table: &str, manifest_url: &str) -> String {
-        let mut sql = format!(
-            "COPY {}.{}\nFROM {}\nIAM_ROLE {}\nFORMAT AS PARQUET\nMANIFEST",
+        let into = format!(
+            "{}.{}",
             quote_ident(self.ledger().schema()),
-            quote_ident(table),
+            quote_ident(table)
+        );
+        self.copy_into(&into, manifest_url)
+    }
+
+    /// The COPY of a manifest's files into `into` (a table's SQL name).
+    pub fn copy_into(&self, into: &str, manifest_url: &str) -> String {
+        let mut sql = format!(
+            "COPY {into}\nFROM {}\nIAM_ROLE {}\nFORMAT AS PARQUET\nMANIFEST",
             quote_literal(manifest_url),
             quote_literal(&self.iam_role)
         );
@@ -130,6 +138,7 @@ impl CopyTable for ManifestCopy<'_> {
     async fn copy(
         &self,
         tx: &Transaction<'_>,
+        into: &str,
         table: &str,
         files: &[&WrittenFile],
     ) -> Result<(), LoadError> {
@@ -140,7 +149,7 @@ impl CopyTable for ManifestCopy<'_> {
             .put(&r.lake.path(&path), PutPayload::from(r.manifest(files)))
             .await
             .map_err(|e| LoadError::failed(NAME, format!("writing manifest {path}: {e}")))?;
-        let sql = r.copy_statement(table, &r.lake.url_of(&path));
+        let sql = r.copy_into(into, &r.lake.url_of(&path));
         tx.batch_execute(&sql).await.map_err(|e| {
             LoadError::failed(
                 NAME,

@@ -269,6 +269,98 @@ impl DeltaLake {
         Ok(())
     }
 
+    /// Merges a batch's `changes` into an update output's table (delta-rs MERGE, on `keys` with
+    /// NULL equal to NULL): a row whose `_weir_deleted` is true deletes its key's row, any other
+    /// replaces it or is inserted. The commit carries the batch as the job's transaction, like
+    /// [`Self::commit_batch`].
+    pub async fn merge(
+        &self,
+        name: &str,
+        batch: u64,
+        changes: arrow::array::RecordBatch,
+        keys: &[String],
+    ) -> Result<(), DeltaError> {
+        use datafusion::common::Column;
+        use datafusion::logical_expr::{Expr, Operator, binary_expr, lit, not};
+        let table = self.existing(name).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new_with_last_update(
+                &self.app_id,
+                batch as i64,
+                Some(now),
+            ))
+            .with_metadata([("weirBatch".to_string(), serde_json::json!(batch))]);
+        let deleted = crate::sink::DELETED;
+        let columns: Vec<String> = changes
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != deleted)
+            .collect();
+        let side = |side: &str, c: &str| Expr::Column(Column::new(Some(side), c));
+        let on = keys
+            .iter()
+            .map(|k| {
+                binary_expr(
+                    side("target", k.as_str()),
+                    Operator::IsNotDistinctFrom,
+                    side("source", k.as_str()),
+                )
+            })
+            .reduce(Expr::and)
+            .unwrap_or(lit(true));
+        let source = datafusion::prelude::SessionContext::new()
+            .read_batch(changes)
+            .map_err(|e| Self::err(name)(e.into()))?;
+        let mut merge = table
+            .merge(source, on)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_commit_properties(props)
+            .with_writer_properties(super::writer_properties())
+            .when_matched_delete(|d| d.predicate(side("source", deleted)))
+            .map_err(Self::err(name))?;
+        let values: Vec<&String> = columns.iter().filter(|c| !keys.contains(c)).collect();
+        if !values.is_empty() {
+            merge = merge
+                .when_matched_update(|u| {
+                    values.iter().fold(u, |u, c| {
+                        u.update(
+                            Column::new_unqualified(c.as_str()),
+                            side("source", c.as_str()),
+                        )
+                    })
+                })
+                .map_err(Self::err(name))?;
+        }
+        let merge = merge
+            .when_not_matched_insert(|i| {
+                columns
+                    .iter()
+                    .fold(i.predicate(not(side("source", deleted))), |i, c| {
+                        i.set(
+                            Column::new_unqualified(c.as_str()),
+                            side("source", c.as_str()),
+                        )
+                    })
+            })
+            .map_err(Self::err(name))?;
+        let (table, metrics) = merge.await.map_err(Self::err(name))?;
+        tracing::debug!(
+            table = name,
+            batch,
+            inserted = metrics.num_target_rows_inserted,
+            updated = metrics.num_target_rows_updated,
+            deleted = metrics.num_target_rows_deleted,
+            files_removed = metrics.num_target_files_removed,
+            "merged"
+        );
+        self.remember(name, table);
+        Ok(())
+    }
+
     /// The table's live files (its current snapshot), refreshed from the log.
     pub async fn live_files(&self, name: &str) -> Result<Vec<LiveFile>, DeltaError> {
         let Some(mut table) = self.table(name).await? else {

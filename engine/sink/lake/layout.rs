@@ -79,6 +79,11 @@ impl Layout {
         format!("{}/{batch:020}-{table}.manifest", self.manifests())
     }
 
+    /// Update outputs' change files (what each batch replaced, for the warehouses).
+    pub fn changes(&self) -> String {
+        format!("{}/changes", self.state())
+    }
+
     /// The name of a log entry (plan or commit) of a batch.
     pub fn entry(batch: u64) -> String {
         format!("{batch:020}.json")

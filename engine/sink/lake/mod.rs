@@ -11,6 +11,7 @@ pub mod late;
 pub mod layout;
 mod migrate;
 pub mod partition;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -311,6 +312,7 @@ impl Lake {
                 path: format!("{table}/{}", f.path),
                 rows: f.rows.unwrap_or(0),
                 bytes: f.bytes,
+                upsert: None,
             })
             .collect())
     }
@@ -444,6 +446,7 @@ async fn close(table: &str, relative: String, file: ParquetFile) -> Result<Writt
         path: relative,
         rows,
         bytes,
+        upsert: None,
     })
 }
 
@@ -570,6 +573,7 @@ impl Sink for Lake {
         let tables = out
             .tables
             .iter()
+            .filter(|t| t.update.is_none())
             .map(|t| (t.name.as_str(), &t.schema, t.batches.as_slice()))
             .chain(
                 late.iter()
@@ -584,11 +588,17 @@ impl Sink for Lake {
                     .iter()
                     .map(|(schema, rows)| (REPLAYED, schema, rows.as_slice())),
             );
-        let written = futures::future::try_join_all(tables.map(|(name, schema, rows)| {
+        let appended = futures::future::try_join_all(tables.map(|(name, schema, rows)| {
             self.write_table(out.job, out.batch, name, schema, rows, out.replay)
-        }))
-        .await?;
-        Ok(written.into_iter().flatten().collect())
+        }));
+        let updated = futures::future::try_join_all(
+            out.tables
+                .iter()
+                .filter(|t| t.update.is_some())
+                .map(|t| self.write_update(out.batch, t, out.replay)),
+        );
+        let (appended, updated) = futures::future::try_join(appended, updated).await?;
+        Ok(appended.into_iter().chain(updated).flatten().collect())
     }
 }
 

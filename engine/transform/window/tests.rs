@@ -10,6 +10,17 @@ const MINUTE: i64 = 60_000_000;
 
 /// A job with one window output `w` (window column `minute`, size 1m) running `sql`.
 fn job(dir: &std::path::Path, sql: &str, lateness: &str) -> Job {
+    job_emitting(
+        dir,
+        sql,
+        &format!(
+            "emit = \"window\"\nwindow = {{ column = \"minute\", size = \"1m\", lateness = \"{lateness}\" }}"
+        ),
+    )
+}
+
+/// A job with one output `w` running `sql`, with `emit` (its `[outputs.w]` keys).
+fn job_emitting(dir: &std::path::Path, sql: &str, emit: &str) -> Job {
     std::fs::create_dir_all(dir.join("jobs")).unwrap();
     std::fs::create_dir_all(dir.join("sql")).unwrap();
     std::fs::write(dir.join("sql/w.sql"), sql).unwrap();
@@ -32,8 +43,7 @@ user_id = "string"
 [tables.products]
 path = "products.csv"
 [outputs.w]
-emit = "window"
-window = {{ column = "minute", size = "1m", lateness = "{lateness}" }}
+{emit}
 [targets.local]
 source = {{ kind = "files", path = "in/*.jsonl" }}
 lake = "lake"
@@ -281,4 +291,141 @@ async fn a_join_after_the_aggregate_runs_on_finished_windows() {
     }
     assert!(expected.len() >= 10);
     assert_eq!(text(&got), expected);
+}
+
+/// Every aggregate kind, kept per key, with a HAVING that drops keys and a join after the
+/// aggregate.
+const UPDATE_SQL: &str = "SELECT a.product_id, p.name, a.n, a.users, a.approx_users, a.mean, a.sd, \
+    a.first_user, a.median, a.ratio FROM ( \
+    SELECT e.product_id, count(*) AS n, count(DISTINCT e.user_id) AS users, \
+    approx_distinct(e.user_id) AS approx_users, avg(e.product_id) AS mean, \
+    stddev(CAST(e.event_time AS BIGINT) % 1000) AS sd, min(e.user_id) AS first_user, \
+    approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY CAST(e.event_time AS BIGINT) % 1000) AS median, \
+    CAST(sum(e.product_id) AS DOUBLE) / count(*) AS ratio \
+    FROM events e GROUP BY e.product_id HAVING count(*) < 120 OR e.product_id = 2) a \
+    JOIN products p ON p.product_id = a.product_id";
+
+/// The table an update output's steps leave: each step's rows replace their keys' rows, its
+/// deleted keys' rows go (a key with no row may be deleted again: it stays without one). Returns
+/// the rows deleted.
+fn apply(
+    table: &mut std::collections::BTreeMap<String, String>,
+    step: &crate::transform::Step,
+) -> usize {
+    let out = &step.outputs[0];
+    let update = out.update.as_ref().expect("an update output");
+    assert_eq!(update.keys, ["product_id"]);
+    let mut deleted = 0;
+    if let Some(gone) = &update.deleted {
+        for k in text(std::slice::from_ref(gone)) {
+            let key = k.trim_matches('|').trim().to_string();
+            deleted += usize::from(table.remove(&key).is_some());
+        }
+    }
+    for row in text(&out.batches) {
+        let key = row
+            .trim_matches('|')
+            .split('|')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string();
+        table.insert(key, row);
+    }
+    deleted
+}
+
+#[tokio::test]
+async fn update_outputs_kept_across_batches_equal_one_aggregate_over_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job_emitting(dir.path(), UPDATE_SQL, "emit = \"update\"");
+    let all = sample();
+    let expected = {
+        let t = Transforms::load(&job).await.unwrap();
+        text(&t.run(events(&job, &all)).await.unwrap()[0].batches)
+    };
+    // Products 1 and 3 pass 120 events and are dropped; 2 stays.
+    assert_eq!(expected.len(), 1, "{expected:?}");
+    let t = Transforms::load(&job).await.unwrap();
+    let mut table = std::collections::BTreeMap::new();
+    let mut deleted = 0;
+    for chunk in all.chunks(37) {
+        let step = t.step(events(&job, chunk), false).await.unwrap();
+        deleted += apply(&mut table, &step);
+        assert_eq!(step.windows["w"].groups(), 3, "every key's state is kept");
+    }
+    assert_eq!(deleted, 2, "products 1 and 3 were deleted once each");
+    let got: Vec<String> = table.into_values().collect();
+    assert_same_rows(&got, &expected);
+
+    // A restart between batches: the state read back from its IPC bytes goes on the same.
+    let (first, second) = all.split_at(250);
+    let t = Transforms::load(&job).await.unwrap();
+    let mut table = std::collections::BTreeMap::new();
+    let step = t.step(events(&job, first), false).await.unwrap();
+    apply(&mut table, &step);
+    let mut state = step.windows["w"].clone();
+    state.open = state
+        .open
+        .map(|b| super::decode_state(&super::encode_state(&b).unwrap()).unwrap());
+    let t = Transforms::load(&job).await.unwrap();
+    t.restore("w", state);
+    apply(
+        &mut table,
+        &t.step(events(&job, second), false).await.unwrap(),
+    );
+    assert_same_rows(&table.into_values().collect::<Vec<_>>(), &expected);
+}
+
+/// Rows of [`UPDATE_SQL`] equal, but for the median: a t-digest merged from per-batch digests
+/// is within a few percent of one built over all rows, not equal to it.
+fn assert_same_rows(got: &[String], want: &[String]) {
+    const MEDIAN: usize = 9;
+    let split = |rows: &[String]| -> Vec<(String, f64)> {
+        rows.iter()
+            .map(|r| {
+                let mut cells: Vec<&str> = r.split('|').map(str::trim).collect();
+                let median = cells.remove(MEDIAN).parse().unwrap();
+                (cells.join("|"), median)
+            })
+            .collect()
+    };
+    let (got, want) = (split(got), split(want));
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    for ((g, gm), (w, wm)) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+        assert!((gm - wm).abs() <= 0.03 * wm.abs(), "median {gm} vs {wm}");
+    }
+}
+
+#[tokio::test]
+async fn update_queries_that_cannot_be_kept_are_refused_with_the_fix() {
+    for (sql, says) in [
+        ("SELECT product_id FROM events", "no aggregate"),
+        (
+            "SELECT count(*) AS n FROM events GROUP BY product_id",
+            "the GROUP BY key events.product_id is not one of its columns",
+        ),
+        (
+            "SELECT product_id, count(*) AS n FROM events GROUP BY 1 ORDER BY n DESC LIMIT 3",
+            "LIMIT",
+        ),
+        (
+            "SELECT product_id, rank() OVER (ORDER BY count(*)) AS r FROM events GROUP BY 1",
+            "window functions",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = job_emitting(dir.path(), sql, "emit = \"update\"");
+        let err = match Transforms::load(&job).await {
+            Err(e @ TransformError::Sql { .. }) => e.to_string(),
+            Err(e) => panic!("{sql}: unexpected error {e}"),
+            Ok(_) => panic!("{sql}: accepted"),
+        };
+        assert!(err.contains(says), "{sql}: {err}");
+        assert!(
+            err.contains("w.sql") && err.contains("emit = \"update\""),
+            "{err}"
+        );
+    }
 }

@@ -22,6 +22,14 @@ CREATE TABLE IF NOT EXISTS "analytics"."funnel" (
     "dt" date
 );
 
+CREATE TABLE IF NOT EXISTS "analytics"."revenue" (
+    "minute" timestamp with time zone,
+    "orders" bigint,
+    "refunds" bigint,
+    "units" bigint,
+    "revenue" numeric(14,2)
+);
+
 CREATE TABLE IF NOT EXISTS "analytics"."sales" (
     "event_id" varchar(65535),
     "order_id" varchar(65535),
@@ -35,13 +43,14 @@ CREATE TABLE IF NOT EXISTS "analytics"."sales" (
     "dt" date
 );
 
-CREATE TABLE IF NOT EXISTS "analytics"."inventory" (
+CREATE TABLE IF NOT EXISTS "analytics"."stock" (
     "product_id" integer,
     "name" varchar(65535),
     "category" varchar(65535),
-    "dt" date,
     "units_sold" bigint,
-    "stock_on_hand" bigint,
-    "stock_after" bigint,
-    "low_stock" boolean
+    "units_restocked" bigint,
+    "stock_at_snapshot" bigint,
+    "stock_left" bigint,
+    "low_stock" boolean,
+    "last_movement" timestamp with time zone
 );

@@ -1,0 +1,200 @@
+//! Update outputs (`emit = "update"`): each batch replaces the rows of the keys it touched. The
+//! batch's changes (the new rows, and the keys whose row is gone, marked in `_weir_deleted`) are
+//! written once as a change file in the job's state folder, for the warehouses, and merged into
+//! the Delta table with delta-rs's MERGE, whose commit carries the batch as the job's transaction
+//! (a replay of a batch the table holds merges nothing).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+
+use super::encode::ParquetFile;
+use super::{Lake, writer_properties};
+use crate::sink::{DELETED, SinkError, Upsert, WrittenFile};
+use crate::transform::TableOutput;
+
+impl Lake {
+    /// Writes one update output's batch: its change file, then the MERGE. A table that already
+    /// holds the batch (a replay after a crash) is not merged again; the change file an earlier
+    /// attempt wrote is returned.
+    pub(super) async fn write_update(
+        &self,
+        batch: u64,
+        out: &TableOutput,
+        replay: bool,
+    ) -> Result<Vec<WrittenFile>, SinkError> {
+        let update = out.update.as_ref().expect("an update output");
+        let table = out.name.as_str();
+        if replay && self.delta.committed_batch(table).await?.unwrap_or(0) >= batch {
+            tracing::info!(
+                table,
+                batch,
+                "the Delta table already holds this batch; not merged again"
+            );
+            return self.changes_of_batch(batch, table, &update.keys).await;
+        }
+        let arrow_err = |source| SinkError::Arrow {
+            table: table.to_string(),
+            source,
+        };
+        let Some(changes) =
+            changes(&out.schema, &out.batches, update.deleted.as_ref()).map_err(arrow_err)?
+        else {
+            return Ok(Vec::new());
+        };
+        let started = std::time::Instant::now();
+        let relative = format!(
+            "{}/{batch:020}-{table}-{}.parquet",
+            self.layout.changes(),
+            self.attempt
+        );
+        let parquet_err = |source| SinkError::Parquet {
+            path: relative.clone(),
+            source,
+        };
+        let mut file = ParquetFile::create(
+            self.store(),
+            self.path(&relative),
+            changes.schema(),
+            writer_properties(),
+        )
+        .map_err(parquet_err)?;
+        file.write_row_group(std::slice::from_ref(&changes))
+            .await
+            .map_err(parquet_err)?;
+        let rows = file.rows();
+        let bytes = file.close().await.map_err(parquet_err)?;
+        let written = std::time::Instant::now();
+        self.delta
+            .merge(table, batch, changes, &update.keys)
+            .await?;
+        tracing::debug!(
+            table,
+            batch,
+            rows,
+            change_file_ms = (written - started).as_millis() as u64,
+            merge_ms = written.elapsed().as_millis() as u64,
+            "update output merged"
+        );
+        Ok(vec![WrittenFile {
+            table: table.to_string(),
+            path: relative,
+            rows,
+            bytes,
+            upsert: Some(Upsert::Changes {
+                keys: update.keys.clone(),
+            }),
+        }])
+    }
+
+    /// The change file of `batch` in `table` written by an earlier attempt (any one: a batch's
+    /// changes are the same whichever attempt computed them).
+    async fn changes_of_batch(
+        &self,
+        batch: u64,
+        table: &str,
+        keys: &[String],
+    ) -> Result<Vec<WrittenFile>, SinkError> {
+        let folder = self.layout.changes();
+        let prefix = format!("{batch:020}-{table}-");
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store()
+            .list(Some(&self.path(&folder)))
+            .try_filter(|m| {
+                futures::future::ready(
+                    m.location
+                        .filename()
+                        .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".parquet")),
+                )
+            })
+            .try_collect()
+            .await
+            .map_err(|source| SinkError::Store {
+                path: folder.clone(),
+                source,
+            })?;
+        let Some(last) = listed
+            .into_iter()
+            .max_by(|a, b| a.location.cmp(&b.location))
+        else {
+            return Ok(Vec::new());
+        };
+        let name = last.location.filename().unwrap_or_default();
+        let path = format!("{folder}/{name}");
+        let data = self
+            .store()
+            .get(&last.location)
+            .await
+            .map_err(|source| SinkError::Store {
+                path: path.clone(),
+                source,
+            })?
+            .bytes()
+            .await
+            .map_err(|source| SinkError::Store {
+                path: path.clone(),
+                source,
+            })?;
+        let rows = parquet::file::reader::SerializedFileReader::new(data)
+            .map(|r| {
+                use parquet::file::reader::FileReader;
+                r.metadata().file_metadata().num_rows() as u64
+            })
+            .map_err(|source| SinkError::Parquet {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(vec![WrittenFile {
+            table: table.to_string(),
+            path,
+            rows,
+            bytes: last.size,
+            upsert: Some(Upsert::Changes {
+                keys: keys.to_vec(),
+            }),
+        }])
+    }
+}
+
+/// A batch's changes to an update output: its rows (`_weir_deleted` false), then the keys whose
+/// row is gone (`_weir_deleted` true, every other column null). Every column is nullable.
+/// `None` when the batch changed nothing.
+pub fn changes(
+    schema: &SchemaRef,
+    rows: &[RecordBatch],
+    deleted: Option<&RecordBatch>,
+) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+    let mut fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    fields.push(Field::new(DELETED, DataType::Boolean, false));
+    let changed = Arc::new(Schema::new(fields));
+    let mut parts = Vec::new();
+    for b in rows.iter().filter(|b| b.num_rows() > 0) {
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![false; b.num_rows()])));
+        parts.push(RecordBatch::try_new(changed.clone(), columns)?);
+    }
+    if let Some(gone) = deleted.filter(|d| d.num_rows() > 0) {
+        let n = gone.num_rows();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(changed.fields().len());
+        for f in schema.fields() {
+            columns.push(match gone.column_by_name(f.name()) {
+                Some(c) => cast(c, f.data_type())?,
+                None => new_null_array(f.data_type(), n),
+            });
+        }
+        columns.push(Arc::new(BooleanArray::from(vec![true; n])));
+        parts.push(RecordBatch::try_new(changed.clone(), columns)?);
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    concat_batches(&changed, &parts).map(Some)
+}
