@@ -829,6 +829,7 @@ impl Pipeline {
                 }
                 None => None,
             };
+            let update = self.transforms.update_keys(&name).is_some();
             let before = self.late_so_far.get(&name).copied().unwrap_or(0);
             let now: u64 = late
                 .iter()
@@ -843,6 +844,7 @@ impl Pipeline {
                     groups: w.groups() as u64,
                     state,
                     late: before + now,
+                    update,
                 },
             );
         }
@@ -852,6 +854,22 @@ impl Pipeline {
     /// Loads the window outputs' state recorded by the last commit.
     async fn restore_windows(&mut self, last: &CommitRecord) -> Result<(), PipelineError> {
         for (name, mark) in &last.windows {
+            let emit = self.job.output(name).emit;
+            let mode_changed = match emit {
+                crate::job::Emit::Window(_) => mark.update,
+                crate::job::Emit::Update => !mark.update,
+                crate::job::Emit::Batch => false,
+            };
+            if mode_changed {
+                return Err(PipelineError::Transform(TransformError::Output {
+                    job: self.job.file.display().to_string(),
+                    table: name.clone(),
+                    message: format!(
+                        "its emit mode changed since batch {}, whose state was kept for the old mode: put the old emit back, or give the output a new name (a new table, starting with no state)",
+                        last.batch
+                    ),
+                }));
+            }
             let open = match &mark.state {
                 Some(file) => {
                     let bytes = self.commits.get_window(file).await?;

@@ -95,7 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .to_string()
             })
         };
-        if job.output(name).window().is_none() {
+        if job.output(name).emit == crate::job::Emit::Update {
             println!(
                 "  {name:<10} update output: {} keys held (one row each)",
                 w.groups

@@ -60,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 " (window on {}, {:?}, lateness {:?})",
                 w.column, w.size, w.lateness
             ),
+            (_, Some([])) => " (update, one row)".to_string(),
             (_, Some(keys)) => format!(" (update, one row per {})", keys.join(", ")),
             _ => String::new(),
         };

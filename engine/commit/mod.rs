@@ -55,7 +55,7 @@ pub struct CommitRecord {
     pub windows: BTreeMap<String, WindowMark>,
 }
 
-/// A window output's state after a batch, as its commit records it.
+/// A window or update output's state after a batch, as its commit records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowMark {
     /// The largest event time seen (µs since the epoch).
@@ -69,6 +69,9 @@ pub struct WindowMark {
     /// Late rows so far.
     #[serde(default)]
     pub late: u64,
+    /// The state is an update output's (every key), not a window output's (open windows).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update: bool,
 }
 
 /// What a restarting run finds.

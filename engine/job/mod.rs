@@ -295,6 +295,12 @@ impl Job {
             )
             .map_err(|m| bad(&format!("outputs.{name}.target_file_size"), m))?;
             let emit = parse_emit(name, o, &raw.input, &bad)?;
+            if emit == Emit::Update && !o.partition_by.is_empty() {
+                return Err(bad(
+                    &format!("outputs.{name}.partition_by"),
+                    "an update output (one row per key, replaced by a Delta MERGE) is not partitioned; remove partition_by".into(),
+                ));
+            }
             outputs.insert(
                 name.clone(),
                 OutputSpec {

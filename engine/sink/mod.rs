@@ -44,7 +44,13 @@ pub struct WrittenFile {
 pub enum Upsert {
     /// One batch's changes: each row replaces the row with its `keys`, and a row whose
     /// [`DELETED`] column is true deletes it (its other columns are null).
-    Changes { keys: Vec<String> },
+    Changes {
+        keys: Vec<String>,
+        /// The keys that are NULL in some row of the file: only they need a NULL-safe match
+        /// (which rules out a hash join in the warehouses).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        null_keys: Vec<String>,
+    },
     /// The table's whole contents (a new destination's backfill): they replace every row.
     Contents,
 }

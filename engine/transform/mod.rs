@@ -204,6 +204,13 @@ impl Transforms {
                     job.file.display()
                 ),
             };
+            // A transform reading an update output sees the rows its batch changed (a change
+            // feed): an aggregate kept over it would count each key's total again every batch.
+            if let Some(read) = t.deps.iter().find(|d| self.updates.contains_key(*d)) {
+                return Err(refused(format!(
+                    "it reads {read}, an update output: a transform reading it gets the rows each batch changed, so keeping an aggregate over them would count every change again; aggregate the events {read} is made of instead"
+                )));
+            }
             match emit {
                 Emit::Window(spec) => {
                     let group = window::analyze(&plan, &spec.column, &dims).map_err(refused)?;

@@ -186,15 +186,20 @@ pub fn update_keys(
     dims: &std::collections::BTreeSet<&str>,
 ) -> std::result::Result<Vec<String>, String> {
     check_incremental(plan, "update", dims)?;
-    let mut group_by: Vec<String> = Vec::new();
+    let mut group_by: Option<Vec<String>> = None;
     plan.apply(|node| {
         if let LogicalPlan::Aggregate(a) = node {
-            group_by = a.group_expr.iter().map(|e| e.to_string()).collect();
+            group_by = Some(a.group_expr.iter().map(|e| e.to_string()).collect());
             return Ok(TreeNodeRecursion::Stop);
         }
         Ok(TreeNodeRecursion::Continue)
     })
     .map_err(|e| e.strip_backtrace())?;
+    let Some(group_by) = group_by else {
+        return Err(
+            "SELECT DISTINCT has no aggregate to keep per key; write it as SELECT a, b, count(*) AS n ... GROUP BY a, b".into(),
+        );
+    };
     let schema = plan.schema();
     let mut keys: Vec<Option<String>> = vec![None; group_by.len()];
     for at in 0..schema.fields().len() {
@@ -666,7 +671,19 @@ pub fn gone_keys(
                 cast(c, f.data_type())
             })
             .collect::<std::result::Result<_, _>>()?;
-        held.extend(converter.convert_columns(&cols)?.iter().map(|r| r.owned()));
+        let converted = converter.convert_columns(&cols)?;
+        for (i, row) in converted.iter().enumerate() {
+            if !held.insert(row.owned()) {
+                let key = RecordBatch::try_new(key_schema.clone(), cols.clone())?.slice(i, 1);
+                let shown = arrow::util::pretty::pretty_format_batches(&[key])
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                return Err(arrow::error::ArrowError::InvalidArgumentError(format!(
+                    "an update output keeps one row per key ({}), but the query gave two for\n{shown}\na join after the aggregate repeats the key (a dimension table with the key twice, or an outer join keeping the dimension's side): join on the dimension's unique key, or use an inner join",
+                    keys.join(", ")
+                )));
+            }
+        }
     }
     let probe = converter.convert_columns(&columns)?;
     let gone: BooleanArray = probe

@@ -800,7 +800,7 @@ fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
         ledger.loaded("ecommerce", "stock", 42),
         upsert.create_stage(),
         r.copy_into(&upsert.stage(), &manifest),
-        upsert.apply(&keys, &columns),
+        upsert.apply(&keys, &[], &columns),
         ledger.insert("ecommerce", "stock", 42, 57, 1, at),
         "COMMIT".to_string(),
     ];

@@ -136,16 +136,11 @@ impl BigQuery {
         }
     }
 
-    fn load_config(
-        &self,
-        table: &str,
-        uris: Option<Vec<String>>,
-        disposition: &str,
-    ) -> JobConfiguration {
+    fn load_config(&self, table: &str, uris: Option<Vec<String>>) -> JobConfiguration {
         let load = JobConfigurationLoad {
             destination_table: Some(TableReference::new(&self.project, &self.dataset, table)),
             source_format: Some("PARQUET".into()),
-            write_disposition: Some(disposition.into()),
+            write_disposition: Some("WRITE_APPEND".into()),
             create_disposition: Some("CREATE_NEVER".into()),
             source_uris: uris,
             ..Default::default()
@@ -200,21 +195,18 @@ impl BigQuery {
         unreachable!("job ids are endless")
     }
 
-    /// Loads one file into `into` exactly once (see [`Self::run_once`]), appending or (for the
-    /// first file of an update output's backfill) replacing its rows.
+    /// Appends one file to `into` exactly once (see [`Self::run_once`]).
     async fn load_file(
         &self,
         into: &str,
         id_of: impl Fn(u32) -> String,
         file: &WrittenFile,
-        disposition: &str,
     ) -> Result<(), LoadError> {
         let (client, auth) = self.client().await?;
         let what = format!("{into}: loading {}", file.path);
         self.run_once(&what, id_of, |id| async move {
             if self.lake.url.starts_with("gs://") {
-                let config =
-                    self.load_config(into, Some(vec![self.lake.url_of(&file.path)]), disposition);
+                let config = self.load_config(into, Some(vec![self.lake.url_of(&file.path)]));
                 let job = Job {
                     configuration: Some(config),
                     job_reference: Some(self.job_reference(&id)),
@@ -238,7 +230,7 @@ impl BigQuery {
                     .map_err(|e| (None, e.to_string()))?;
                 let job = serde_json::json!({
                     "jobReference": self.job_reference(&id),
-                    "configuration": self.load_config(into, None, disposition),
+                    "configuration": self.load_config(into, None),
                 });
                 upload::resumable(
                     &self.http,
@@ -264,13 +256,26 @@ impl BigQuery {
         key: &str,
         files: &[&WrittenFile],
         keys: &[String],
+        null_keys: &[String],
     ) -> Result<(), LoadError> {
         let (client, _) = self.client().await?;
         let merge_id = |attempt| self.job_id(table, &format!("{key}_merge"), 0, attempt);
+        let stage = format!("_weir_stage_{table}_{key}");
+        let drop_stage = async || {
+            // Best effort: a staging table left behind holds nothing the target needs.
+            if !client
+                .table()
+                .delete_if_exists(&self.project, &self.dataset, &stage)
+                .await
+            {
+                tracing::debug!("staging table {stage} was already dropped");
+            }
+        };
         if let Some(JobState::Done) = self.first_done(client, &merge_id).await? {
+            // Done by an earlier attempt that stopped before dropping the staging table.
+            drop_stage().await;
             return Ok(());
         }
-        let stage = format!("_weir_stage_{table}_{key}");
         let target = client
             .table()
             .get(&self.project, &self.dataset, table, None)
@@ -302,41 +307,44 @@ impl BigQuery {
         }
         for (i, file) in files.iter().enumerate() {
             let id_of = |attempt| self.job_id(table, &format!("{key}_stage"), i, attempt);
-            self.load_file(&stage, id_of, file, "WRITE_APPEND").await?;
+            self.load_file(&stage, id_of, file).await?;
         }
-        let sql = self.merge_sql(table, &stage, keys, &columns);
-        self.run_once(&format!("{table}: MERGE"), merge_id, |id| {
-            let sql = sql.clone();
-            async move {
-                let job = Job {
-                    configuration: Some(JobConfiguration {
-                        query: Some(JobConfigurationQuery {
-                            query: sql,
-                            use_legacy_sql: Some(false),
-                            ..Default::default()
-                        }),
+        let sql = self.merge_sql(table, &stage, keys, null_keys, &columns);
+        self.query_once(&format!("{table}: MERGE"), merge_id, &sql)
+            .await?;
+        drop_stage().await;
+        Ok(())
+    }
+
+    /// Runs one SQL statement as a query job exactly once (see [`Self::run_once`]).
+    async fn query_once(
+        &self,
+        what: &str,
+        id_of: impl Fn(u32) -> String,
+        sql: &str,
+    ) -> Result<(), LoadError> {
+        let (client, _) = self.client().await?;
+        self.run_once(what, id_of, |id| async move {
+            let job = Job {
+                configuration: Some(JobConfiguration {
+                    query: Some(JobConfigurationQuery {
+                        query: sql.to_string(),
+                        use_legacy_sql: Some(false),
                         ..Default::default()
                     }),
-                    job_reference: Some(self.job_reference(&id)),
                     ..Default::default()
-                };
-                client
-                    .job()
-                    .insert(&self.project, job)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (status(&e), e.to_string()))
-            }
+                }),
+                job_reference: Some(self.job_reference(&id)),
+                ..Default::default()
+            };
+            client
+                .job()
+                .insert(&self.project, job)
+                .await
+                .map(|_| ())
+                .map_err(|e| (status(&e), e.to_string()))
         })
-        .await?;
-        if let Err(e) = client
-            .table()
-            .delete(&self.project, &self.dataset, &stage)
-            .await
-        {
-            tracing::warn!("dropping staging table {stage}: {e}");
-        }
-        Ok(())
+        .await
     }
 
     /// Whether one of the jobs `id_of(0..)` is done (looked up until one is missing).
@@ -356,21 +364,25 @@ impl BigQuery {
     }
 
     /// The MERGE of a staging table into `table`: a staged key's row is deleted
-    /// (`_weir_deleted`), replaced or inserted; NULL keys match NULL.
+    /// (`_weir_deleted`), replaced or inserted; keys in `null_keys` match NULL to NULL.
     pub fn merge_sql(
         &self,
         table: &str,
         stage: &str,
         keys: &[String],
+        null_keys: &[String],
         columns: &[String],
     ) -> String {
         let name = |t: &str| format!("`{}.{}.{t}`", self.project, self.dataset);
         let q = |c: &str| format!("`{c}`");
         let on: Vec<String> = keys
             .iter()
-            .map(|k| {
-                let k = q(k);
-                format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
+            .map(|key| {
+                let k = q(key);
+                match null_keys.contains(key) {
+                    true => format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))"),
+                    false => format!("T.{k} = S.{k}"),
+                }
             })
             .collect();
         let on = if on.is_empty() {
@@ -614,21 +626,30 @@ impl Destination for BigQuery {
         for table in batch.rows.keys() {
             let files: Vec<&WrittenFile> =
                 batch.files.iter().filter(|f| &f.table == table).collect();
-            if let Some(Upsert::Changes { keys }) = files.first().and_then(|f| f.upsert.as_ref()) {
-                self.merge_changes(table, &key, &files, keys).await?;
+            if let Some(Upsert::Changes { keys, null_keys }) =
+                files.first().and_then(|f| f.upsert.as_ref())
+            {
+                self.merge_changes(table, &key, &files, keys, null_keys)
+                    .await?;
                 continue;
             }
-            // An update output's backfill replaces its rows: the first file truncates.
-            let contents = files
+            // An update output's backfill replaces its rows: a DELETE job first (a truncating
+            // load would also replace the table's schema with the file's).
+            if files
                 .first()
-                .is_some_and(|f| f.upsert == Some(Upsert::Contents));
+                .is_some_and(|f| f.upsert == Some(Upsert::Contents))
+            {
+                let id_of = |attempt| self.job_id(table, &format!("{key}_clear"), 0, attempt);
+                let sql = format!(
+                    "DELETE FROM `{}.{}.{table}` WHERE TRUE",
+                    self.project, self.dataset
+                );
+                self.query_once(&format!("{table}: clearing"), id_of, &sql)
+                    .await?;
+            }
             for (i, file) in files.iter().enumerate() {
-                let disposition = match contents && i == 0 {
-                    true => "WRITE_TRUNCATE",
-                    false => "WRITE_APPEND",
-                };
                 let id_of = |attempt| self.job_id(table, &key, i, attempt);
-                self.load_file(table, id_of, file, disposition).await?;
+                self.load_file(table, id_of, file).await?;
             }
         }
         Ok(())

@@ -205,26 +205,32 @@ impl Upsert<'_> {
         quote_ident(&format!("_weir_stage_{}", self.table))
     }
 
-    /// Creates the staging table: the target's columns, then `_weir_deleted`.
+    /// Creates the staging table: the target's columns (without their constraints: a deleted
+    /// key's row has only its key), then `_weir_deleted`. It is dropped once applied, or with
+    /// the transaction.
     pub fn create_stage(&self) -> String {
         format!(
-            "DROP TABLE IF EXISTS {stage};\nCREATE TEMP TABLE {stage} (LIKE {target});\nALTER TABLE {stage} ADD COLUMN {deleted} BOOLEAN",
+            "CREATE TEMP TABLE {stage} AS SELECT * FROM {target} WHERE 1 = 0;\nALTER TABLE {stage} ADD COLUMN {deleted} BOOLEAN",
             stage = self.stage(),
             target = self.target(),
             deleted = quote_ident(crate::sink::DELETED)
         )
     }
 
-    /// Deletes the target's rows of every staged key (NULL keys match NULL), then inserts the
-    /// staged rows that are not deletions. `columns`: the target's columns.
-    pub fn apply(&self, keys: &[String], columns: &[String]) -> String {
+    /// Deletes the target's rows of every staged key, then inserts the staged rows that are not
+    /// deletions. Keys in `null_keys` (NULL in some staged row) match NULL to NULL; the others
+    /// are plain equalities, so the delete can be a hash join. `columns`: the target's columns.
+    pub fn apply(&self, keys: &[String], null_keys: &[String], columns: &[String]) -> String {
         // Redshift's DELETE takes no alias: columns are named by their tables.
         let (t, s) = (quote_ident(self.table), self.stage());
         let on: Vec<String> = keys
             .iter()
-            .map(|k| {
-                let k = quote_ident(k);
-                format!("({t}.{k} = {s}.{k} OR ({t}.{k} IS NULL AND {s}.{k} IS NULL))")
+            .map(|key| {
+                let k = quote_ident(key);
+                match null_keys.contains(key) {
+                    true => format!("({t}.{k} = {s}.{k} OR ({t}.{k} IS NULL AND {s}.{k} IS NULL))"),
+                    false => format!("{t}.{k} = {s}.{k}"),
+                }
             })
             .collect();
         let on = if on.is_empty() {
@@ -472,7 +478,7 @@ impl Connection {
                         tx.batch_execute(&target.clear()).await?;
                         copier.copy(&tx, &target.target(), table, &files).await
                     }
-                    Some(crate::sink::Upsert::Changes { keys }) => {
+                    Some(crate::sink::Upsert::Changes { keys, null_keys }) => {
                         tx.batch_execute(&target.create_stage()).await?;
                         match copier.copy(&tx, &target.stage(), table, &files).await {
                             Ok(()) => {
@@ -482,7 +488,8 @@ impl Connection {
                                     .iter()
                                     .map(|r| r.get(0))
                                     .collect();
-                                tx.batch_execute(&target.apply(keys, &columns)).await?;
+                                tx.batch_execute(&target.apply(keys, null_keys, &columns))
+                                    .await?;
                                 Ok(())
                             }
                             Err(e) => Err(e),

@@ -1,6 +1,7 @@
 //! Update outputs (`emit = "update"`): each batch replaces the rows of the keys it touched. The
 //! batch's changes (the new rows, and the keys whose row is gone, marked in `_weir_deleted`) are
-//! written once as a change file in the job's state folder, for the warehouses, and merged into
+//! written as a change file in the job's state folder (`changes/<batch>-<output>.parquet`, for the
+//! warehouses; an attempt that crashed before its MERGE is overwritten by the next), and merged into
 //! the Delta table with delta-rs's MERGE, whose commit carries the batch as the job's transaction
 //! (a replay of a batch the table holds merges nothing).
 
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
 use super::encode::ParquetFile;
@@ -47,11 +47,8 @@ impl Lake {
             return Ok(Vec::new());
         };
         let started = std::time::Instant::now();
-        let relative = format!(
-            "{}/{batch:020}-{table}-{}.parquet",
-            self.layout.changes(),
-            self.attempt
-        );
+        let null_keys = null_keys(&changes, &update.keys);
+        let relative = change_file(&self.layout, batch, table);
         let parquet_err = |source| SinkError::Parquet {
             path: relative.clone(),
             source,
@@ -87,77 +84,77 @@ impl Lake {
             bytes,
             upsert: Some(Upsert::Changes {
                 keys: update.keys.clone(),
+                null_keys,
             }),
         }])
     }
 
-    /// The change file of `batch` in `table` written by an earlier attempt (any one: a batch's
-    /// changes are the same whichever attempt computed them).
+    /// The change file of `batch` in `table`, written by the attempt whose MERGE committed: each
+    /// attempt writes it (under the lease) before its MERGE, and none after a MERGE committed.
     async fn changes_of_batch(
         &self,
         batch: u64,
         table: &str,
         keys: &[String],
     ) -> Result<Vec<WrittenFile>, SinkError> {
-        let folder = self.layout.changes();
-        let prefix = format!("{batch:020}-{table}-");
-        let listed: Vec<object_store::ObjectMeta> = self
-            .store()
-            .list(Some(&self.path(&folder)))
-            .try_filter(|m| {
-                futures::future::ready(
-                    m.location
-                        .filename()
-                        .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".parquet")),
-                )
-            })
-            .try_collect()
-            .await
-            .map_err(|source| SinkError::Store {
-                path: folder.clone(),
-                source,
-            })?;
-        let Some(last) = listed
-            .into_iter()
-            .max_by(|a, b| a.location.cmp(&b.location))
-        else {
-            return Ok(Vec::new());
+        let path = change_file(&self.layout, batch, table);
+        let store_err = |source| SinkError::Store {
+            path: path.clone(),
+            source,
         };
-        let name = last.location.filename().unwrap_or_default();
-        let path = format!("{folder}/{name}");
         let data = self
             .store()
-            .get(&last.location)
+            .get(&self.path(&path))
             .await
-            .map_err(|source| SinkError::Store {
-                path: path.clone(),
-                source,
-            })?
+            .map_err(store_err)?
             .bytes()
             .await
-            .map_err(|source| SinkError::Store {
-                path: path.clone(),
-                source,
-            })?;
-        let rows = parquet::file::reader::SerializedFileReader::new(data)
-            .map(|r| {
-                use parquet::file::reader::FileReader;
-                r.metadata().file_metadata().num_rows() as u64
+            .map_err(store_err)?;
+        let bytes = data.len() as u64;
+        let changes = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+            .and_then(|b| b.build())
+            .and_then(|reader| {
+                let batches = reader.collect::<Result<Vec<_>, _>>()?;
+                let schema = batches.first().map(|b| b.schema());
+                Ok(match schema {
+                    Some(schema) => Some(concat_batches(&schema, &batches)?),
+                    None => None,
+                })
             })
             .map_err(|source| SinkError::Parquet {
                 path: path.clone(),
                 source,
             })?;
+        let rows = changes.as_ref().map_or(0, |c| c.num_rows() as u64);
+        let null_keys = changes.map(|c| null_keys(&c, keys)).unwrap_or_default();
         Ok(vec![WrittenFile {
             table: table.to_string(),
             path,
             rows,
-            bytes: last.size,
+            bytes,
             upsert: Some(Upsert::Changes {
                 keys: keys.to_vec(),
+                null_keys,
             }),
         }])
     }
+}
+
+/// The keys that are NULL in some row of `changes`.
+fn null_keys(changes: &RecordBatch, keys: &[String]) -> Vec<String> {
+    keys.iter()
+        .filter(|k| {
+            changes
+                .column_by_name(k)
+                .is_some_and(|c| c.null_count() > 0)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Where a batch's changes to an update output are kept, relative to the lake root.
+fn change_file(layout: &super::Layout, batch: u64, table: &str) -> String {
+    format!("{}/{batch:020}-{table}.parquet", layout.changes())
 }
 
 /// A batch's changes to an update output: its rows (`_weir_deleted` false), then the keys whose

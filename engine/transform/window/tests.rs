@@ -414,6 +414,7 @@ async fn update_queries_that_cannot_be_kept_are_refused_with_the_fix() {
             "SELECT product_id, rank() OVER (ORDER BY count(*)) AS r FROM events GROUP BY 1",
             "window functions",
         ),
+        ("SELECT DISTINCT product_id FROM events", "SELECT DISTINCT"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let job = job_emitting(dir.path(), sql, "emit = \"update\"");
@@ -428,4 +429,21 @@ async fn update_queries_that_cannot_be_kept_are_refused_with_the_fix() {
             "{err}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_update_output_that_repeats_a_key_fails_the_batch_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SELECT a.product_id, p.name, a.n FROM (SELECT product_id, count(*) AS n FROM events \
+        GROUP BY product_id) a JOIN products p ON p.product_id >= a.product_id";
+    let job = job_emitting(dir.path(), sql, "emit = \"update\"");
+    let t = Transforms::load(&job).await.unwrap();
+    let err = match t.step(events(&job, &sample()[..20]), false).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("two rows for one key were accepted"),
+    };
+    assert!(
+        err.contains("w.sql") && err.contains("gave two for") && err.contains("product_id"),
+        "{err}"
+    );
 }

@@ -4,8 +4,7 @@ LOCK TABLE "analytics"."_weir_loads";
 
 SELECT 1 FROM "analytics"."_weir_loads" WHERE lake_id = '0123456789abcdef0123456789abcdef' AND job = 'ecommerce' AND table_name = 'stock' AND batch = 42;
 
-DROP TABLE IF EXISTS "_weir_stage_stock";
-CREATE TEMP TABLE "_weir_stage_stock" (LIKE "analytics"."stock");
+CREATE TEMP TABLE "_weir_stage_stock" AS SELECT * FROM "analytics"."stock" WHERE 1 = 0;
 ALTER TABLE "_weir_stage_stock" ADD COLUMN "_weir_deleted" BOOLEAN;
 
 COPY "_weir_stage_stock"
@@ -15,7 +14,7 @@ FORMAT AS PARQUET
 MANIFEST
 REGION 'eu-west-1';
 
-DELETE FROM "analytics"."stock" USING "_weir_stage_stock" WHERE ("stock"."product_id" = "_weir_stage_stock"."product_id" OR ("stock"."product_id" IS NULL AND "_weir_stage_stock"."product_id" IS NULL));
+DELETE FROM "analytics"."stock" USING "_weir_stage_stock" WHERE "stock"."product_id" = "_weir_stage_stock"."product_id";
 INSERT INTO "analytics"."stock" ("product_id", "name", "category", "units_sold", "units_restocked", "stock_at_snapshot", "stock_left", "low_stock", "last_movement") SELECT "product_id", "name", "category", "units_sold", "units_restocked", "stock_at_snapshot", "stock_left", "low_stock", "last_movement" FROM "_weir_stage_stock" WHERE NOT COALESCE("_weir_deleted", FALSE);
 DROP TABLE "_weir_stage_stock";
 
