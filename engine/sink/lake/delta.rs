@@ -314,8 +314,17 @@ impl DeltaLake {
         let source = datafusion::prelude::SessionContext::new()
             .read_batch(changes)
             .map_err(|e| Self::err(name)(e.into()))?;
+        // One partition: the changes and the table of an update output are small, and planning
+        // and running a MERGE over more partitions costs more than it saves.
+        let mut session = deltalake::delta_datafusion::create_session().state();
+        session
+            .config_mut()
+            .options_mut()
+            .execution
+            .target_partitions = 1;
         let mut merge = table
             .merge(source, on)
+            .with_session_state(Arc::new(session))
             .with_source_alias("source")
             .with_target_alias("target")
             .with_commit_properties(props)
