@@ -1,5 +1,6 @@
 //! `weir test`: each transform run on the fixture input, compared with its golden CSV output.
 //! Rows are compared sorted, so transforms need no ORDER BY; `--update` rewrites the golden files.
+//! With `[test] batch_records`, the fixture runs in micro-batches, as `weir run` would run it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,8 +53,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             format!("position,reason\n{}", lines.join("")),
         ));
     }
-    for out in transforms.run(batch.events).await? {
-        outputs.push((out.name.clone(), render(&out.batches, &out.schema)?));
+    match job.test_batch_records {
+        None => {
+            for out in transforms.run(batch.events).await? {
+                outputs.push((out.name.clone(), render(&out.batches, &out.schema)?));
+            }
+        }
+        Some(n) => outputs.extend(micro_batches(&job, &transforms, batch.events, n).await?),
     }
 
     let mut failed = 0;
@@ -90,6 +96,105 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The fixture run as `weir run` would, in micro-batches of `n` records (the last one ends the
+/// input): per-batch and window outputs are what every batch wrote, an update output its rows
+/// after the last batch, and `_late` the rows that came after their window was written.
+async fn micro_batches(
+    job: &Job,
+    transforms: &Transforms,
+    events: Vec<RecordBatch>,
+    n: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let schema = job.input.schema.table_schema();
+    let all = arrow::compute::concat_batches(&schema, &events)?;
+    let chunks: Vec<RecordBatch> = (0..all.num_rows().max(1))
+        .step_by(n)
+        .map(|at| all.slice(at, n.min(all.num_rows() - at)))
+        .collect();
+    let mut written: Vec<(String, arrow::datatypes::SchemaRef, Vec<RecordBatch>)> = Vec::new();
+    // Per update output: each key's row (as CSV lines), replaced batch by batch.
+    let mut tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        Default::default();
+    let mut late = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let step = transforms
+            .step(vec![chunk.clone()], i + 1 == chunks.len())
+            .await?;
+        for out in step.outputs {
+            if let Some(update) = &out.update {
+                let table = tables.entry(out.name.clone()).or_default();
+                if let Some(gone) = &update.deleted {
+                    for key in csv_rows(std::slice::from_ref(gone))? {
+                        table.remove(&key);
+                    }
+                }
+                let key_columns: Vec<usize> = update
+                    .keys
+                    .iter()
+                    .filter_map(|k| out.schema.index_of(k).ok())
+                    .collect();
+                let keys: Vec<RecordBatch> = out
+                    .batches
+                    .iter()
+                    .map(|b| b.project(&key_columns))
+                    .collect::<Result<_, _>>()?;
+                for (key, row) in csv_rows(&keys)?.into_iter().zip(csv_rows(&out.batches)?) {
+                    table.insert(key, row);
+                }
+            }
+            match written.iter_mut().find(|(name, _, _)| *name == out.name) {
+                Some((_, _, batches)) => batches.extend(out.batches),
+                None => written.push((out.name, out.schema, out.batches)),
+            }
+        }
+        late.extend(step.late);
+    }
+    let mut outputs = Vec::new();
+    for (name, schema, batches) in written {
+        let text = match tables.get(&name) {
+            Some(rows) => {
+                let header: Vec<String> =
+                    schema.fields().iter().map(|f| f.name().clone()).collect();
+                let mut sorted: Vec<&String> = rows.values().collect();
+                sorted.sort();
+                let mut text = csv_line(&header);
+                text.extend(sorted.into_iter().map(|r| format!("{r}\n")));
+                text
+            }
+            None => render(&batches, &schema)?,
+        };
+        outputs.push((name, text));
+    }
+    if !late.is_empty() {
+        let rows = crate::sink::lake::late::to_batch(&job.name, 0, &late)?;
+        let rows = rows.project(
+            &["output", "window_start", "watermark", "event"]
+                .iter()
+                .map(|c| rows.schema().index_of(c))
+                .collect::<Result<Vec<_>, _>>()?,
+        )?;
+        outputs.push(("_late".into(), render(&[rows.clone()], &rows.schema())?));
+    }
+    Ok(outputs)
+}
+
+/// Each row of `batches` as a CSV line (without its newline).
+fn csv_rows(batches: &[RecordBatch]) -> anyhow::Result<Vec<String>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(false)
+            .build(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+    }
+    Ok(String::from_utf8(buf)?
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 async fn read_fixture(job: &Job, input: &Path) -> anyhow::Result<Batch> {

@@ -262,4 +262,8 @@ pub struct TestConfig {
     /// Folder with `events.<format>` (fixture input) and `<table>.csv` golden outputs
     /// (default `tests/golden/<job name>`).
     pub fixtures: Option<String>,
+    /// Run the fixture through the job in micro-batches of this many records, as `weir run`
+    /// would (window outputs see late events, update outputs are updated batch by batch;
+    /// late rows go to `_late.csv`); default: the whole fixture as one batch.
+    pub batch_records: Option<usize>,
 }

@@ -150,6 +150,8 @@ pub struct Job {
     pub targets: BTreeMap<String, Target>,
     pub default_target: String,
     pub fixtures: PathBuf,
+    /// `[test] batch_records`: `weir test` runs the fixture in micro-batches of this size.
+    pub test_batch_records: Option<usize>,
 }
 
 impl Job {
@@ -425,6 +427,7 @@ impl Job {
             targets,
             default_target,
             fixtures,
+            test_batch_records: raw.test.batch_records.filter(|&n| n > 0),
         })
     }
 

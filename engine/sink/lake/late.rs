@@ -27,10 +27,15 @@ pub fn to_batch(job: &str, batch: u64, late: &[LateRows]) -> Result<RecordBatch,
     let (mut outputs, mut windows, mut watermarks, mut events) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for l in late {
+        // Columns the optimizer added (a common subexpression computed once) are not the event's.
+        let own: Vec<usize> = (0..l.rows.num_columns())
+            .filter(|&i| !l.rows.schema().field(i).name().starts_with("__common_expr"))
+            .collect();
+        let rows = l.rows.project(&own)?;
         let mut json = Vec::new();
         {
             let mut w = arrow::json::LineDelimitedWriter::new(&mut json);
-            w.write(&l.rows)?;
+            w.write(&rows)?;
             w.finish()?;
         }
         let text = String::from_utf8(json).map_err(|e| ArrowError::JsonError(e.to_string()))?;
