@@ -153,16 +153,8 @@ async fn micro_batches(
     }
     let mut outputs = Vec::new();
     for (name, schema, batches) in written {
-        let text = match tables.get(&name) {
-            Some(rows) => {
-                let header: Vec<String> =
-                    schema.fields().iter().map(|f| f.name().clone()).collect();
-                let mut sorted: Vec<&String> = rows.values().collect();
-                sorted.sort();
-                let mut text = csv_line(&header);
-                text.extend(sorted.into_iter().map(|r| format!("{r}\n")));
-                text
-            }
+        let text = match tables.remove(&name) {
+            Some(rows) => table_text(&schema, rows.into_values().collect()),
             None => render(&batches, &schema)?,
         };
         outputs.push((name, text));
@@ -175,7 +167,10 @@ async fn micro_batches(
                 .map(|c| rows.schema().index_of(c))
                 .collect::<Result<Vec<_>, _>>()?,
         )?;
-        outputs.push(("_late".into(), render(&[rows.clone()], &rows.schema())?));
+        outputs.push((
+            "_late".into(),
+            render(std::slice::from_ref(&rows), &rows.schema())?,
+        ));
     }
     Ok(outputs)
 }
@@ -212,25 +207,19 @@ async fn read_fixture(job: &Job, input: &Path) -> anyhow::Result<Batch> {
 
 /// CSV with a header and rows sorted, so the comparison ignores row order.
 fn render(batches: &[RecordBatch], schema: &arrow::datatypes::SchemaRef) -> anyhow::Result<String> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::csv::WriterBuilder::new()
-            .with_header(false)
-            .build(&mut buf);
-        for b in batches {
-            w.write(b)?;
-        }
-    }
-    let text = String::from_utf8(buf)?;
-    let mut rows: Vec<&str> = text.lines().collect();
+    Ok(table_text(schema, csv_rows(batches)?))
+}
+
+/// A header and `rows` (CSV lines), sorted.
+fn table_text(schema: &arrow::datatypes::SchemaRef, mut rows: Vec<String>) -> String {
     rows.sort_unstable();
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut out = csv_line(&header);
     for r in rows {
-        out.push_str(r);
+        out.push_str(&r);
         out.push('\n');
     }
-    Ok(out)
+    out
 }
 
 fn csv_line(fields: &[String]) -> String {

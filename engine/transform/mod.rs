@@ -474,12 +474,7 @@ impl Transforms {
             file: t.file.display().to_string(),
             source,
         };
-        let session = self.incremental.as_ref().expect("an incremental session");
-        let logical = plan(session, t).await?;
-        let plan = session
-            .create_physical_plan(&logical)
-            .await
-            .map_err(failed)?;
+        let (plan, session) = self.incremental_plan(t).await?;
         let before = states.remove(&t.name).unwrap_or_default();
         let stepped = window::step(
             &plan,
@@ -504,6 +499,30 @@ impl Transforms {
         Ok(stepped.rows)
     }
 
+    /// A window or update output's physical plan on the tables registered now, in the
+    /// incremental session (see [`incremental_session`]).
+    async fn incremental_plan(
+        &self,
+        t: &Transform,
+    ) -> Result<
+        (
+            Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+            &SessionState,
+        ),
+        TransformError,
+    > {
+        let session = self.incremental.as_ref().expect("an incremental session");
+        let logical = plan(session, t).await?;
+        let physical = session
+            .create_physical_plan(&logical)
+            .await
+            .map_err(|source| TransformError::Execute {
+                file: t.file.display().to_string(),
+                source,
+            })?;
+        Ok((physical, session))
+    }
+
     /// One batch of an update output, planned in the incremental session: the rows of the keys
     /// it touched, and those of its touched keys that have no row any more.
     async fn step_update(
@@ -517,12 +536,7 @@ impl Transforms {
             file: t.file.display().to_string(),
             source,
         };
-        let session = self.incremental.as_ref().expect("an incremental session");
-        let logical = plan(session, t).await?;
-        let plan = session
-            .create_physical_plan(&logical)
-            .await
-            .map_err(failed)?;
+        let (plan, session) = self.incremental_plan(t).await?;
         let before = states.remove(&t.name).unwrap_or_default();
         let updated = window::step_update(&plan, session.task_ctx(), before.open.as_ref())
             .await

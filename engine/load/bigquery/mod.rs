@@ -207,17 +207,7 @@ impl BigQuery {
         self.run_once(&what, id_of, |id| async move {
             if self.lake.url.starts_with("gs://") {
                 let config = self.load_config(into, Some(vec![self.lake.url_of(&file.path)]));
-                let job = Job {
-                    configuration: Some(config),
-                    job_reference: Some(self.job_reference(&id)),
-                    ..Default::default()
-                };
-                client
-                    .job()
-                    .insert(&self.project, job)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (status(&e), e.to_string()))
+                self.insert_job(client, &id, config).await
             } else {
                 let data = self
                     .lake
@@ -325,26 +315,37 @@ impl BigQuery {
     ) -> Result<(), LoadError> {
         let (client, _) = self.client().await?;
         self.run_once(what, id_of, |id| async move {
-            let job = Job {
-                configuration: Some(JobConfiguration {
-                    query: Some(JobConfigurationQuery {
-                        query: sql.to_string(),
-                        use_legacy_sql: Some(false),
-                        ..Default::default()
-                    }),
+            let config = JobConfiguration {
+                query: Some(JobConfigurationQuery {
+                    query: sql.to_string(),
+                    use_legacy_sql: Some(false),
                     ..Default::default()
                 }),
-                job_reference: Some(self.job_reference(&id)),
                 ..Default::default()
             };
-            client
-                .job()
-                .insert(&self.project, job)
-                .await
-                .map(|_| ())
-                .map_err(|e| (status(&e), e.to_string()))
+            self.insert_job(client, &id, config).await
         })
         .await
+    }
+
+    /// Submits a job under `id`; the error keeps the HTTP status (409: it exists already).
+    async fn insert_job(
+        &self,
+        client: &Client,
+        id: &str,
+        config: JobConfiguration,
+    ) -> Result<(), (Option<i64>, String)> {
+        let job = Job {
+            configuration: Some(config),
+            job_reference: Some(self.job_reference(id)),
+            ..Default::default()
+        };
+        client
+            .job()
+            .insert(&self.project, job)
+            .await
+            .map(|_| ())
+            .map_err(|e| (status(&e), e.to_string()))
     }
 
     /// Whether one of the jobs `id_of(0..)` is done (looked up until one is missing).

@@ -241,6 +241,18 @@ impl DeltaLake {
         Ok(v.map(|v| v as u64))
     }
 
+    /// What a batch's commit carries: the batch as the job's idempotent transaction (`txn`),
+    /// and as `weirBatch` in its commit info.
+    fn batch_props(&self, batch: u64, now: i64) -> CommitProperties {
+        CommitProperties::default()
+            .with_application_transaction(Transaction::new_with_last_update(
+                &self.app_id,
+                batch as i64,
+                Some(now),
+            ))
+            .with_metadata([("weirBatch".to_string(), serde_json::json!(batch))])
+    }
+
     /// Makes a batch's files visible in one commit carrying the batch as the job's transaction.
     /// Delta's conflict check fences a second writer committing the same transaction.
     pub async fn commit_batch(
@@ -252,13 +264,7 @@ impl DeltaLake {
         let table = self.existing(name).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let actions = files.iter().map(|f| Action::Add(add(f, now))).collect();
-        let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new_with_last_update(
-                &self.app_id,
-                batch as i64,
-                Some(now),
-            ))
-            .with_metadata([("weirBatch".to_string(), serde_json::json!(batch))]);
+        let props = self.batch_props(batch, now);
         let op = DeltaOperation::StreamingUpdate {
             output_mode: OutputMode::Append,
             query_id: self.app_id.clone(),
@@ -283,14 +289,7 @@ impl DeltaLake {
         use datafusion::common::Column;
         use datafusion::logical_expr::{Expr, Operator, binary_expr, lit, not};
         let table = self.existing(name).await?;
-        let now = chrono::Utc::now().timestamp_millis();
-        let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new_with_last_update(
-                &self.app_id,
-                batch as i64,
-                Some(now),
-            ))
-            .with_metadata([("weirBatch".to_string(), serde_json::json!(batch))]);
+        let props = self.batch_props(batch, chrono::Utc::now().timestamp_millis());
         let deleted = crate::sink::DELETED;
         let columns: Vec<String> = changes
             .schema()
