@@ -241,16 +241,6 @@ impl Transforms {
         self.updates.get(output).map(Vec::as_slice)
     }
 
-    /// Groups held in state, per window output (open windows) and update output (keys).
-    pub fn open_groups(&self) -> BTreeMap<String, usize> {
-        let state = self.state.lock().expect("window state");
-        self.windows
-            .keys()
-            .chain(self.updates.keys())
-            .map(|n| (n.clone(), state.get(n).map_or(0, WindowState::groups)))
-            .collect()
-    }
-
     /// Whether a window output holds open windows (after the last batch transformed).
     pub fn has_open_windows(&self) -> bool {
         let state = self.state.lock().expect("window state");
@@ -360,7 +350,11 @@ impl Transforms {
                 && !outputs
                     .iter()
                     .any(|o| t.deps.contains(&o.name) && o.rows() > 0);
-            let mut changed = None;
+            // An update output's batch that touched nothing (idle) changes nothing.
+            let mut changed = update.map(|keys| Update {
+                keys: keys.clone(),
+                deleted: None,
+            });
             let (schema, batches) = if idle {
                 (planned(), Vec::new())
             } else if let Some((flush, (spec, group))) = window {
@@ -368,23 +362,12 @@ impl Transforms {
                     .step_window(t, spec, *group, &mut states, &mut late, max_time, flush)
                     .await?;
                 (planned(), batches)
-            } else if let Some(keys) = update {
+            } else if let (Some(keys), Some(changed)) = (update, changed.as_mut()) {
                 let (batches, deleted) = self.step_update(t, keys, &planned(), &mut states).await?;
-                changed = Some(Update {
-                    keys: keys.clone(),
-                    deleted,
-                });
+                changed.deleted = deleted;
                 (planned(), batches)
             } else {
                 self.query(t).await?
-            };
-            // An update output's batch that touched nothing changes nothing.
-            let changed = match (update, changed) {
-                (Some(keys), None) => Some(Update {
-                    keys: keys.clone(),
-                    deleted: None,
-                }),
-                (_, c) => c,
             };
             self.replace_table(&t.name, schema.clone(), batches.clone())
                 .map_err(|source| TransformError::Execute {

@@ -334,6 +334,63 @@ impl Parts {
     }
 }
 
+impl Parts {
+    /// The accumulator state's schema: the GROUP BY keys, then each aggregate's state.
+    fn state_schema(&self) -> Result<SchemaRef> {
+        Ok(self
+            .stage(AggregateMode::Partial, Vec::new(), self.input.schema())?
+            .schema())
+    }
+
+    /// `rows` (what the aggregate reads) as accumulator state, empty batches dropped.
+    async fn partial(
+        &self,
+        rows: Vec<RecordBatch>,
+        task: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        if rows.iter().all(|b| b.num_rows() == 0) {
+            return Ok(Vec::new());
+        }
+        let stage = self.stage(AggregateMode::Partial, rows, self.input.schema())?;
+        let out = collect(stage, task).await?;
+        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    /// The saved state `old` with a batch's `partial` state folded in (`PartialReduce`, always
+    /// when the batch brought rows: the partial stage may pass rows through unaggregated, as
+    /// DataFusion skips partial aggregation of nearly unique keys). A saved state of other
+    /// columns means the SQL changed: `kept` names what the state is, `advice` what to do.
+    async fn fold(
+        &self,
+        old: Option<&RecordBatch>,
+        partial: Vec<RecordBatch>,
+        task: Arc<TaskContext>,
+        kept: &str,
+        advice: &str,
+    ) -> Result<RecordBatch> {
+        let schema = self.state_schema()?;
+        let mut held = Vec::with_capacity(partial.len() + 1);
+        if let Some(old) = old {
+            if old.schema().fields() != schema.fields() {
+                return Err(DataFusionError::Plan(format!(
+                    "{kept} has other columns than this query's aggregate ({} against {}). {advice}, or give the changed query a new output name (a new table, starting with no state)",
+                    old.schema(),
+                    schema
+                )));
+            }
+            held.push(old.clone());
+        }
+        let merged = if partial.is_empty() {
+            held
+        } else {
+            held.extend(partial);
+            let stage = self.stage(AggregateMode::PartialReduce, held, schema.clone())?;
+            collect(stage, task).await?
+        };
+        Ok(concat_batches(&schema, &merged)?)
+    }
+}
+
 /// The topmost aggregate of `plan`.
 fn find_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Option<&AggregateExec> {
     if let Some(a) = plan.downcast_ref::<AggregateExec>() {
@@ -442,44 +499,16 @@ pub async fn step(
     }
 
     // The batch's accumulator state, folded into the open windows' state.
-    let partial = if on_time.iter().all(|b| b.num_rows() == 0) {
-        Vec::new()
-    } else {
-        let input_schema = parts.input.schema();
-        collect(
-            parts.stage(AggregateMode::Partial, on_time, input_schema)?,
+    let partial = parts.partial(on_time, task.clone()).await?;
+    let merged = parts
+        .fold(
+            state.open.as_ref(),
+            partial,
             task.clone(),
+            "the SQL changed while windows were open: the saved state of the open windows",
+            "Put the old SQL back and let its windows close (a file run closes them all at its end)",
         )
-        .await?
-    };
-    let state_schema = parts
-        .stage(AggregateMode::Partial, Vec::new(), parts.input.schema())?
-        .schema();
-    let mut held: Vec<RecordBatch> = Vec::new();
-    if let Some(open) = &state.open {
-        if open.schema().fields() != state_schema.fields() {
-            return Err(DataFusionError::Plan(format!(
-                "the SQL changed while windows were open: the saved state of the open windows has other columns than this query's aggregate ({} against {}). Put the old SQL back and let its windows close (a file run closes them all at its end), or give the changed query a new output name (a new table, starting with no state)",
-                open.schema(),
-                state_schema
-            )));
-        }
-        held.push(open.clone());
-    }
-    let fresh = !partial.iter().all(|b| b.num_rows() == 0);
-    held.extend(partial.into_iter().filter(|b| b.num_rows() > 0));
-    // Always reduced when the batch brought rows: the partial stage may pass rows through
-    // unaggregated (DataFusion skips partial aggregation of nearly unique keys).
-    let merged = if fresh {
-        collect(
-            parts.stage(AggregateMode::PartialReduce, held, state_schema.clone())?,
-            task.clone(),
-        )
-        .await?
-    } else {
-        held
-    };
-    let merged = concat_batches(&state_schema, &merged)?;
+        .await?;
 
     // The watermark, and the windows it (or the end of the input) finishes.
     let watermark = match (state.watermark, max_time) {
@@ -513,7 +542,7 @@ pub async fn step(
     let rows = if done.num_rows() == 0 {
         Vec::new()
     } else {
-        let last = parts.stage(AggregateMode::Final, vec![done], state_schema)?;
+        let last = parts.stage(AggregateMode::Final, vec![done], merged.schema())?;
         let finish = replace_aggregate(plan, &last)?.expect("the plan has an aggregate");
         collect(finish, task).await?
     };
@@ -549,39 +578,16 @@ pub async fn step_update(
 ) -> Result<Updated> {
     let parts = Parts::of(plan)?;
     let input = collect(parts.input.clone(), task.clone()).await?;
-    let unchanged = || Updated {
-        rows: Vec::new(),
-        touched: None,
-        state: state.cloned(),
-    };
-    if input.iter().all(|b| b.num_rows() == 0) {
-        return Ok(unchanged());
-    }
-    let input_schema = parts.input.schema();
-    let partial = collect(
-        parts.stage(AggregateMode::Partial, input, input_schema.clone())?,
-        task.clone(),
-    )
-    .await?;
-    let partial: Vec<RecordBatch> = partial.into_iter().filter(|b| b.num_rows() > 0).collect();
+    let partial = parts.partial(input, task.clone()).await?;
     if partial.is_empty() {
-        return Ok(unchanged());
+        return Ok(Updated {
+            rows: Vec::new(),
+            touched: None,
+            state: state.cloned(),
+        });
     }
-    let state_schema = parts
-        .stage(AggregateMode::Partial, Vec::new(), input_schema)?
-        .schema();
+    let state_schema = parts.state_schema()?;
     let keys = parts.group_by.expr().len();
-    let mut held = Vec::with_capacity(partial.len() + 1);
-    if let Some(old) = state {
-        if old.schema().fields() != state_schema.fields() {
-            return Err(DataFusionError::Plan(format!(
-                "the SQL changed: the saved state of this update output has other columns than this query's aggregate ({} against {}). Put the old SQL back, or give the changed query a new output name (a new table, starting with no state)",
-                old.schema(),
-                state_schema
-            )));
-        }
-        held.push(old.clone());
-    }
     // The keys this batch touched, as rows (any partial batch may hold any key).
     let converter = RowConverter::new(
         state_schema.fields()[..keys]
@@ -594,13 +600,15 @@ pub async fn step_update(
         let rows = converter.convert_columns(&b.columns()[..keys])?;
         touched_keys.extend(rows.iter().map(|r| r.owned()));
     }
-    held.extend(partial);
-    let merged = collect(
-        parts.stage(AggregateMode::PartialReduce, held, state_schema.clone())?,
-        task.clone(),
-    )
-    .await?;
-    let merged = concat_batches(&state_schema, &merged)?;
+    let merged = parts
+        .fold(
+            state,
+            partial,
+            task.clone(),
+            "the SQL changed: the saved state of this update output",
+            "Put the old SQL back",
+        )
+        .await?;
     let is_touched: BooleanArray = if keys == 0 {
         BooleanArray::from(vec![true; merged.num_rows()])
     } else {
