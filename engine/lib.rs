@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod produce;
 pub mod query;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod storage;

@@ -167,6 +167,8 @@ pub struct Pipeline {
     cursors: Cursors,
     loads: Option<Loads>,
     progress: ProgressBar,
+    /// Told of every commit (`weir run --serve` pushes it to the dashboards).
+    committed: Option<tokio::sync::watch::Sender<Option<CommitRecord>>>,
     summary: RunSummary,
     checkpoint: Checkpoint,
     /// Per window output, late rows up to the last commit.
@@ -259,6 +261,7 @@ impl Pipeline {
             cursors,
             loads: None,
             progress: ProgressBar::hidden(),
+            committed: None,
             summary,
             checkpoint: Checkpoint::new(),
             late_so_far: BTreeMap::new(),
@@ -332,6 +335,20 @@ impl Pipeline {
     pub fn with_progress(mut self, bar: ProgressBar) -> Self {
         self.progress = bar;
         self
+    }
+
+    /// Sends every commit record to `tx` once the batch is committed.
+    pub fn with_commit_watch(
+        mut self,
+        tx: tokio::sync::watch::Sender<Option<CommitRecord>>,
+    ) -> Self {
+        self.committed = Some(tx);
+        self
+    }
+
+    /// Gives up an opened pipeline without reading anything, releasing its writer lease.
+    pub async fn close(self) {
+        self.lease.release().await;
     }
 
     /// Runs until the source is exhausted or `shutdown` resolves; the batch in hand is committed.
@@ -769,6 +786,9 @@ impl Pipeline {
             loads.committed(id);
         }
         record_metrics(&batch.arrivals, batch.record_bytes, flushed, &record);
+        if let Some(tx) = &self.committed {
+            tx.send_replace(Some(record.clone()));
+        }
 
         let s = &mut self.summary;
         s.records += batch.records as u64;

@@ -2,8 +2,10 @@
 # Installs and starts, idempotently and on loopback only, everything the tests need that the
 # machine does not already run:
 #   .venv             Python venv: DuckDB (independent reader), boto3 + aws_kinesis_agg
-#                     (independent producers), moto (S3/Glue/DynamoDB stand-in)
+#                     (independent producers), moto (S3/Glue/DynamoDB stand-in), psycopg and
+#                     playwright (drives chromium) for weir serve
 #   .stand-ins/       kinesalite (npm) for Kinesis
+#   chromium, psql    Debian packages (apt) for the dashboard and PostgreSQL endpoint tests
 #   .venv-bigquery    Python 3.13 venv: the local-bigquery emulator (DuckDB 1.5.5 + its extensions)
 #   127.0.0.1:45670   kinesalite      127.0.0.1:45671   moto server (S3, Glue)
 #   127.0.0.1:45672   BigQuery emulator (REST; gRPC on 45673)
@@ -25,8 +27,20 @@ if ! cmp -s tests/requirements.txt "$venv/.requirements"; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt >&2
   cp tests/requirements.txt "$venv/.requirements"
 fi
-"$venv/bin/python" -c 'import duckdb, boto3, aws_kinesis_agg, moto, deltalake' \
+"$venv/bin/python" -c 'import duckdb, boto3, aws_kinesis_agg, moto, deltalake, psycopg, playwright' \
   || { echo "setup: the test venv is broken; delete $venv and run again" >&2; exit 1; }
+
+# A real browser for the dashboard test, and psql for the PostgreSQL endpoint's: Debian's packages.
+need_apt=()
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} (apt)" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q "${need_apt[@]}" >&2 \
+    || { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q "${need_apt[@]}" >&2; }
+fi
 
 if ! cmp -s tests/stand-ins/package.json "$stand/package.json"; then
   command -v npm >/dev/null || { echo "setup: npm is needed for kinesalite (apt-get install nodejs npm)" >&2; exit 1; }

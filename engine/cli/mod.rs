@@ -7,6 +7,7 @@ mod produce;
 mod query;
 mod replay;
 mod run;
+mod serve;
 mod status;
 mod test;
 mod validate;
@@ -49,6 +50,12 @@ pub enum Command {
     Test(test::Args),
     /// Run SQL over the lake's tables (every top-level Delta table), read at their current snapshot.
     Query(query::Args),
+    /// Serve a lake live: dashboards in the browser (dashboards/<name>.toml), a JSON/CSV/Arrow
+    /// query API, and a read-only PostgreSQL endpoint for psql, Grafana, Metabase and Tableau.
+    ///
+    /// Every query reads each table's newest Delta snapshot; pages update on every commit.
+    /// Loopback needs no password; any other address needs WEIR_SERVE_PASSWORD.
+    Serve(serve::Args),
     /// Show a job's progress: the last committed batch, and per warehouse the last loaded batch
     /// and the backlog.
     Status(status::Args),
@@ -90,6 +97,7 @@ pub fn main() -> ExitCode {
             Command::Validate(a) => validate::run(a).await,
             Command::Test(a) => test::run(a).await,
             Command::Query(a) => query::run(a).await,
+            Command::Serve(a) => serve::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Loads(a) => loads::run(a).await,
             Command::Replay(a) => replay::run(a).await,

@@ -9,6 +9,7 @@ use super::{job_path, shutdown_signal, thousands};
 use crate::job::Job;
 use crate::job::units::format_bytes;
 use crate::pipeline::{Pipeline, RunOptions, RunSummary};
+use crate::serve::Commits;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +30,12 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve dashboards and the PostgreSQL endpoint while the job runs, pushed on every commit
+    /// (as `weir serve` does; --http, --pg, --dashboards, --tls-* as there).
+    #[arg(long)]
+    pub serve: bool,
+    #[command(flatten)]
+    pub listen: super::serve::Listen,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -43,8 +50,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let target = job.target(opts.target.as_deref())?.clone();
     let mut server = tokio::task::JoinSet::new();
-    if let Some(addr) = args.metrics.or(target.metrics) {
-        let serve = crate::metrics::serve(addr, crate::metrics::install()?).await?;
+    let metrics_addr = args.metrics.or(target.metrics);
+    let recorder = if metrics_addr.is_some() || args.serve {
+        Some(crate::metrics::install()?)
+    } else {
+        None
+    };
+    let serve_opts = args.serve.then(|| {
+        let lake = args.lake.clone().unwrap_or_else(|| target.lake.clone());
+        args.listen.options(lake, Some(&job))
+    });
+    if let (Some(addr), Some(recorder)) = (metrics_addr, &recorder) {
+        let serve = crate::metrics::serve(addr, recorder.clone()).await?;
         server.spawn(serve);
         eprintln!("metrics on http://{addr}/metrics, health on http://{addr}/health");
         if !addr.ip().is_loopback() {
@@ -59,6 +76,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(pipeline) = Pipeline::open_unless(job, &opts, &mut shutdown).await? else {
         eprintln!("weir: stopped during start-up; nothing was read or written");
         return Ok(ExitCode::SUCCESS);
+    };
+    // The dashboards are checked against the lake's tables, which the pipeline has just created:
+    // a bad one stops the run before any data moves.
+    let mut _served = None;
+    let pipeline = match serve_opts {
+        None => pipeline,
+        Some(opts) => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            match crate::serve::start(opts, Commits::Pipeline(rx), recorder.clone()).await {
+                Ok((tasks, listening)) => {
+                    for l in &listening {
+                        eprintln!("{l}");
+                    }
+                    _served = Some(tasks);
+                    pipeline.with_commit_watch(tx)
+                }
+                Err(e) => {
+                    pipeline.close().await;
+                    return Err(e.into());
+                }
+            }
+        }
     };
     let bar = match (args.quiet, pipeline.size_hint()) {
         (false, Some(total)) => {

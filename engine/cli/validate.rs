@@ -73,6 +73,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             cols.join(", ")
         );
     }
+    let dashboards = job.root.join("dashboards");
+    if dashboards.is_dir() {
+        let checked = check_dashboards(&dashboards, &job, &transforms).await?;
+        println!(
+            "  dashboards {}: {}",
+            dashboards.display(),
+            checked.join(", ")
+        );
+    }
     for target in targets {
         let into: Vec<&str> = warehouses(target).iter().map(|w| w.label()).collect();
         println!(
@@ -87,4 +96,38 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Plans every dashboard panel against the tables the job will write (empty), so a bad one is
+/// found before the job runs; returns "name (N panels)" for each.
+async fn check_dashboards(
+    dir: &std::path::Path,
+    job: &Job,
+    transforms: &Transforms,
+) -> anyhow::Result<Vec<String>> {
+    use crate::sink::lake::{DEAD_LETTERS, LATE, dead_letters, late};
+    use datafusion::datasource::MemTable;
+    use std::sync::Arc;
+    let ctx = datafusion::prelude::SessionContext::new();
+    let mut tables: Vec<(String, arrow::datatypes::SchemaRef)> = transforms
+        .transforms
+        .iter()
+        .zip(&transforms.schemas)
+        .map(|(t, s)| (t.name.clone(), s.clone()))
+        .collect();
+    tables.push((DEAD_LETTERS.into(), dead_letters::schema()));
+    if job.outputs.values().any(|o| o.window().is_some()) {
+        tables.push((LATE.into(), late::schema()));
+    }
+    for (name, schema) in tables {
+        ctx.register_table(
+            name.as_str(),
+            Arc::new(MemTable::try_new(schema, vec![vec![]])?),
+        )?;
+    }
+    let d = crate::serve::dashboards::Dashboards::load(dir, &ctx).await?;
+    Ok(d.by_name
+        .values()
+        .map(|d| format!("{} ({} panels)", d.name, d.panels.len()))
+        .collect())
 }

@@ -32,7 +32,7 @@ pub fn aws_env(cmd: &mut Command) -> &mut Command {
 }
 
 /// A unique stream name per test run.
-fn stream(name: &str) -> String {
+pub(crate) fn stream(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -41,7 +41,7 @@ fn stream(name: &str) -> String {
 }
 
 /// The ecommerce job plus a pass-through `all_events` table and a `prod` target on `stream`.
-fn project(stream: &str, lake: &str) -> Project {
+pub(crate) fn project(stream: &str, lake: &str) -> Project {
     let p = Project::with_all_events(10, 1, BATCH);
     let mut job = std::fs::read_to_string(p.job()).unwrap();
     job.push_str(&format!(
@@ -51,7 +51,7 @@ fn project(stream: &str, lake: &str) -> Project {
     p
 }
 
-fn produce(stream: &str, events: u64, extra: &[&str]) {
+pub(crate) fn produce(stream: &str, events: u64, extra: &[&str]) {
     run(
         aws_env(&mut weir())
             .args([
@@ -85,7 +85,7 @@ fn committed(state: &Path) -> u64 {
         .sum()
 }
 
-fn wait_committed(state: &Path, n: u64, child: &mut Child) {
+pub(crate) fn wait_committed(state: &Path, n: u64, child: &mut Child) {
     let started = Instant::now();
     loop {
         let c = committed(state);
@@ -110,7 +110,7 @@ fn wait_committed(state: &Path, n: u64, child: &mut Child) {
 }
 
 /// SIGTERM, then the exit status must be success.
-fn stop(child: Child) -> String {
+pub(crate) fn stop(child: Child) -> String {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
