@@ -7,6 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
@@ -97,6 +99,14 @@ fn unreplayable_advice(batch: u64, plan: &str, holding: &[String]) -> String {
     }
 }
 
+/// A batch just committed, as `weir run --serve` shows it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub record: CommitRecord,
+    /// Per window output, the rows its open windows have so far (provisional, never written).
+    pub open: Arc<BTreeMap<String, Vec<RecordBatch>>>,
+}
+
 /// Overrides from the command line.
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {
@@ -168,7 +178,7 @@ pub struct Pipeline {
     loads: Option<Loads>,
     progress: ProgressBar,
     /// Told of every commit (`weir run --serve` pushes it to the dashboards).
-    committed: Option<tokio::sync::watch::Sender<Option<CommitRecord>>>,
+    committed: Option<tokio::sync::watch::Sender<Option<Committed>>>,
     summary: RunSummary,
     checkpoint: Checkpoint,
     /// Per window output, late rows up to the last commit.
@@ -337,13 +347,17 @@ impl Pipeline {
         self
     }
 
-    /// Sends every commit record to `tx` once the batch is committed.
-    pub fn with_commit_watch(
-        mut self,
-        tx: tokio::sync::watch::Sender<Option<CommitRecord>>,
-    ) -> Self {
+    /// Sends every commit to `tx` once the batch is committed, with the window outputs' open
+    /// windows as they stand.
+    pub fn with_commit_watch(mut self, tx: tokio::sync::watch::Sender<Option<Committed>>) -> Self {
+        self.transforms.keep_open_rows();
         self.committed = Some(tx);
         self
+    }
+
+    /// Window outputs and their schemas (their open windows come with each [`Committed`]).
+    pub fn window_outputs(&self) -> BTreeMap<String, SchemaRef> {
+        self.transforms.window_outputs()
     }
 
     /// Gives up an opened pipeline without reading anything, releasing its writer lease.
@@ -713,6 +727,7 @@ impl Pipeline {
             outputs,
             late,
             windows,
+            open,
         } = step;
         let started = Instant::now();
         // A replayed batch is already planned; tables that hold it are skipped when writing.
@@ -787,7 +802,10 @@ impl Pipeline {
         }
         record_metrics(&batch.arrivals, batch.record_bytes, flushed, &record);
         if let Some(tx) = &self.committed {
-            tx.send_replace(Some(record.clone()));
+            tx.send_replace(Some(Committed {
+                record: record.clone(),
+                open: Arc::new(open),
+            }));
         }
 
         let s = &mut self.summary;

@@ -49,6 +49,8 @@ struct Live {
 pub struct LiveLake {
     location: Location,
     tables: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
+    /// Tables that are not in the lake (a running job's open windows), by name.
+    extra: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     /// Serialises refreshes; holds the Delta tables and when the last refresh started.
     state: tokio::sync::Mutex<(BTreeMap<String, Live>, Option<Instant>)>,
     newest_commit_ms: RwLock<Option<i64>>,
@@ -65,6 +67,7 @@ impl LiveLake {
         Self {
             location,
             tables: RwLock::default(),
+            extra: RwLock::default(),
             state: tokio::sync::Mutex::default(),
             newest_commit_ms: RwLock::default(),
         }
@@ -154,9 +157,24 @@ impl LiveLake {
         *self.newest_commit_ms.read().expect("lock")
     }
 
-    /// The tables' names as of the last refresh.
+    /// The tables' names as of the last refresh, and the extra tables'.
     pub fn names(&self) -> Vec<String> {
-        self.tables.read().expect("lock").keys().cloned().collect()
+        let mut names: Vec<String> = self.tables.read().expect("lock").keys().cloned().collect();
+        names.extend(self.extra.read().expect("lock").keys().cloned());
+        names
+    }
+
+    /// Adds or replaces a table that is not in the lake.
+    pub fn put(&self, name: &str, table: Arc<dyn TableProvider>) {
+        self.extra
+            .write()
+            .expect("lock")
+            .insert(name.to_string(), table);
+    }
+
+    /// A lake table's provider as of the last refresh.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn TableProvider>> {
+        self.tables.read().expect("lock").get(name).cloned()
     }
 }
 
@@ -167,11 +185,14 @@ impl SchemaProvider for LiveLake {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        Ok(self.tables.read().expect("lock").get(name).cloned())
+        Ok(self
+            .get(name)
+            .or_else(|| self.extra.read().expect("lock").get(name).cloned()))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.tables.read().expect("lock").contains_key(name)
+            || self.extra.read().expect("lock").contains_key(name)
     }
 }
 

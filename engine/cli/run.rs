@@ -84,7 +84,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => pipeline,
         Some(opts) => {
             let (tx, rx) = tokio::sync::watch::channel(None);
-            match crate::serve::start(opts, Commits::Pipeline(rx), recorder.clone()).await {
+            let commits = Commits::Pipeline {
+                commits: rx,
+                windows: pipeline.window_outputs(),
+            };
+            match crate::serve::start(opts, commits, recorder.clone()).await {
                 Ok((tasks, listening)) => {
                     for l in &listening {
                         eprintln!("{l}");

@@ -75,6 +75,13 @@ impl Listen {
             pg: self.pg.0,
             dashboards,
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            windows: job.map_or_else(Vec::new, |j| {
+                j.outputs
+                    .iter()
+                    .filter(|(_, o)| o.window().is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            }),
         }
     }
 }

@@ -115,6 +115,10 @@ async fn check_dashboards(
         .zip(&transforms.schemas)
         .map(|(t, s)| (t.name.clone(), s.clone()))
         .collect();
+    // A window output's open windows, as `weir run --serve` shows them.
+    for (name, schema) in transforms.window_outputs() {
+        tables.push((crate::serve::open_table(&name), schema));
+    }
     tables.push((DEAD_LETTERS.into(), dead_letters::schema()));
     if job.outputs.values().any(|o| o.window().is_some()) {
         tables.push((LATE.into(), late::schema()));

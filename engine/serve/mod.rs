@@ -14,18 +14,23 @@ pub mod dashboards;
 mod http;
 mod pg;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, TimeZone, Utc};
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::commit::CommitRecord;
+use crate::pipeline::Committed;
 use crate::query::{LiveLake, QueryError, live_session};
 use crate::storage::Location;
 use dashboards::{DashboardError, Dashboards};
@@ -68,6 +73,8 @@ pub struct ServeOptions {
     pub dashboards: Option<PathBuf>,
     /// PEM certificate and key: PostgreSQL over TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The job's window outputs (each gets an `<output>_open` table).
+    pub windows: Vec<String>,
 }
 
 /// The last commit as the page shows it.
@@ -111,8 +118,24 @@ impl Served {
 
 /// Where the commits come from: a running pipeline (`weir run --serve`), or polling.
 pub enum Commits {
-    Pipeline(watch::Receiver<Option<CommitRecord>>),
+    /// Every commit, with the window outputs' open windows (`windows`: their schemas).
+    Pipeline {
+        commits: watch::Receiver<Option<Committed>>,
+        windows: BTreeMap<String, SchemaRef>,
+    },
     Poll,
+}
+
+/// The table of a window output's open windows: `revenue_open` for `revenue`.
+pub fn open_table(output: &str) -> String {
+    format!("{output}{OPEN_SUFFIX}")
+}
+
+/// See [`open_table`].
+pub const OPEN_SUFFIX: &str = "_open";
+
+fn empty_table(schema: SchemaRef, rows: Vec<RecordBatch>) -> Option<Arc<MemTable>> {
+    MemTable::try_new(schema, vec![rows]).ok().map(Arc::new)
 }
 
 /// Checks the options and dashboards, binds both servers and returns their tasks; nothing is
@@ -142,28 +165,53 @@ pub async fn start(
     )
     .map_err(|e| QueryError::Sql(*e))?;
     lake.refresh(&ctx.state()).await?;
-    let dashboards = match &opts.dashboards {
-        Some(dir) => Dashboards::load(dir, &ctx).await?,
-        None => Dashboards::default(),
-    };
     let (tx, rx) = watch::channel(Freshness::default());
     let mut tasks = JoinSet::new();
     match commits {
-        Commits::Pipeline(mut records) => {
+        Commits::Pipeline {
+            mut commits,
+            windows,
+        } => {
+            for (name, schema) in &windows {
+                if let Some(t) = empty_table(schema.clone(), Vec::new()) {
+                    lake.put(&open_table(name), t);
+                }
+            }
+            let lake = lake.clone();
             tasks.spawn(async move {
-                while records.changed().await.is_ok() {
-                    let f = records.borrow_and_update().as_ref().map(Freshness::of);
-                    if let Some(f) = f {
-                        tx.send_replace(f);
+                while commits.changed().await.is_ok() {
+                    let Some(c) = commits.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    for (name, schema) in &windows {
+                        let rows = c.open.get(name).cloned().unwrap_or_default();
+                        if let Some(t) = empty_table(schema.clone(), rows) {
+                            lake.put(&open_table(name), t);
+                        }
                     }
+                    tx.send_replace(Freshness::of(&c.record));
                 }
                 Ok(())
             });
         }
         Commits::Poll => {
+            // No running job: its window outputs' open windows are empty tables, so that
+            // the same dashboards plan.
+            for name in &opts.windows {
+                if let Some(t) = lake
+                    .get(name)
+                    .and_then(|t| empty_table(t.schema(), Vec::new()))
+                {
+                    lake.put(&open_table(name), t);
+                }
+            }
             tasks.spawn(poll_commits(opts.clone(), lake.clone(), ctx.clone(), tx));
         }
     }
+    let dashboards = match &opts.dashboards {
+        Some(dir) => Dashboards::load(dir, &ctx).await?,
+        None => Dashboards::default(),
+    };
     let served = Arc::new(Served {
         lake,
         ctx,

@@ -125,6 +125,8 @@ pub struct Transforms {
     state: Mutex<BTreeMap<String, WindowState>>,
     /// How window and update outputs are planned (the same tables; see [`incremental_session`]).
     incremental: Option<SessionState>,
+    /// Whether [`Step::open`] is computed.
+    open_rows: std::sync::atomic::AtomicBool,
 }
 
 /// One batch through the transforms, window outputs kept across batches.
@@ -134,6 +136,9 @@ pub struct Step {
     pub late: Vec<LateRows>,
     /// Every window and update output's state after this batch.
     pub windows: BTreeMap<String, WindowState>,
+    /// With [`Transforms::keep_open_rows`], per window output, the rows its open windows would
+    /// have now: provisional, for `weir run --serve` (never written).
+    pub open: BTreeMap<String, Vec<RecordBatch>>,
 }
 
 /// Rows (as a window output's aggregate reads them) for windows already written.
@@ -170,6 +175,7 @@ impl Transforms {
         let mut this = Self {
             ctx,
             incremental,
+            open_rows: Default::default(),
             events_schema,
             transforms,
             schemas: Vec::new(),
@@ -311,6 +317,23 @@ impl Transforms {
         Ok(outputs.into_iter().map(|o| o.schema).collect())
     }
 
+    /// From now on, each step also gives every window output's open windows as they stand
+    /// ([`Step::open`]).
+    pub fn keep_open_rows(&self) {
+        self.open_rows
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Window outputs and their schemas.
+    pub fn window_outputs(&self) -> BTreeMap<String, SchemaRef> {
+        self.transforms
+            .iter()
+            .zip(&self.schemas)
+            .filter(|(t, _)| self.windows.contains_key(&t.name))
+            .map(|(t, s)| (t.name.clone(), s.clone()))
+            .collect()
+    }
+
     /// Runs every transform on one batch alone, in dependency order: window outputs give every
     /// window of the batch as if the input ended with it (fixtures, checks).
     pub async fn run(&self, events: Vec<RecordBatch>) -> Result<Vec<TableOutput>, TransformError> {
@@ -330,6 +353,7 @@ impl Transforms {
         let no_events = events.iter().all(|b| b.num_rows() == 0);
         let mut states = self.state.lock().expect("window state").clone();
         let mut late = Vec::new();
+        let mut open = BTreeMap::new();
         self.replace_table(EVENTS, self.events_schema.clone(), events)
             .map_err(|source| TransformError::Execute {
                 file: EVENTS.into(),
@@ -358,9 +382,12 @@ impl Transforms {
             let (schema, batches) = if idle {
                 (planned(), Vec::new())
             } else if let Some((flush, (spec, group))) = window {
-                let batches = self
+                let (batches, open_rows) = self
                     .step_window(t, spec, *group, &mut states, &mut late, max_time, flush)
                     .await?;
+                if self.open_rows.load(std::sync::atomic::Ordering::Relaxed) {
+                    open.insert(t.name.clone(), open_rows);
+                }
                 (planned(), batches)
             } else if let (Some(keys), Some(changed)) = (update, changed.as_mut()) {
                 let (batches, deleted) = self.step_update(t, keys, &planned(), &mut states).await?;
@@ -399,6 +426,7 @@ impl Transforms {
             outputs,
             late,
             windows: states,
+            open,
         })
     }
 
@@ -452,7 +480,7 @@ impl Transforms {
         late: &mut Vec<LateRows>,
         max_time: Option<i64>,
         flush: bool,
-    ) -> Result<Vec<RecordBatch>, TransformError> {
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), TransformError> {
         let failed = |source| TransformError::Execute {
             file: t.file.display().to_string(),
             source,
@@ -467,6 +495,7 @@ impl Transforms {
             &before,
             max_time,
             flush,
+            self.open_rows.load(std::sync::atomic::Ordering::Relaxed),
         )
         .await
         .map_err(failed)?;
@@ -479,7 +508,7 @@ impl Transforms {
             });
         }
         states.insert(t.name.clone(), stepped.state);
-        Ok(stepped.rows)
+        Ok((stepped.rows, stepped.open_rows))
     }
 
     /// A window or update output's physical plan on the tables registered now, in the

@@ -61,6 +61,8 @@ pub struct Stepped {
     /// start (µs).
     pub late: Vec<(RecordBatch, Vec<Option<i64>>)>,
     pub state: WindowState,
+    /// With `provisional`: the rows the still open windows would have now (never written).
+    pub open_rows: Vec<RecordBatch>,
 }
 
 /// Checks that `plan` (as written, before optimisation) can be kept incrementally: one aggregate,
@@ -447,6 +449,7 @@ pub async fn step(
     state: &WindowState,
     max_time: Option<i64>,
     flush: bool,
+    provisional: bool,
 ) -> Result<Stepped> {
     let parts = Parts::of(plan)?;
     let size = spec.size.as_micros() as i64;
@@ -539,16 +542,25 @@ pub async fn step(
     let done = filter_record_batch(&merged, &finished)?;
     let open = filter_record_batch(&merged, &arrow::compute::not(&finished)?)?;
 
-    let rows = if done.num_rows() == 0 {
-        Vec::new()
-    } else {
-        let last = parts.stage(AggregateMode::Final, vec![done], merged.schema())?;
+    // Final on a copy of the state: Final consumes nothing, the open windows go on.
+    let finish = async |groups: RecordBatch| -> Result<Vec<RecordBatch>> {
+        if groups.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let last = parts.stage(AggregateMode::Final, vec![groups], merged.schema())?;
         let finish = replace_aggregate(plan, &last)?.expect("the plan has an aggregate");
-        collect(finish, task).await?
+        collect(finish, task.clone()).await
+    };
+    let rows = finish(done).await?;
+    let open_rows = if provisional {
+        finish(open.clone()).await?
+    } else {
+        Vec::new()
     };
     Ok(Stepped {
         rows,
         late,
+        open_rows,
         state: WindowState {
             watermark,
             closed,

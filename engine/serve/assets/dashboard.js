@@ -129,6 +129,7 @@
         stroke: palette[k % palette.length],
         fill: bars ? palette[k % palette.length] + "99" : undefined,
         width: bars ? 1 : 2,
+        dash: /provisional/.test(panel.columns[j]) ? [6, 4] : undefined,
         paths: bars && uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.8 / Math.max(1, ys.length), 60] }) : undefined,
         points: { show: !bars && panel.rows.length < 40 },
       }))
@@ -159,7 +160,7 @@
       {
         width,
         height: 240,
-        scales: { x: { time: xtime, range: bars && !xtime ? (u, mn, mx) => [mn - 0.5, mx + 0.5] : undefined } },
+        scales: { x: { time: xtime, range: (u, mn, mx) => xRange(u, mn, mx, bars, xtime) } },
         series,
         axes,
         legend: { live: true },
@@ -183,6 +184,20 @@
       note.textContent = "no rows yet";
       c.body.appendChild(note);
     }
+  }
+
+  // The x range: the data's, with half a step around bars, and a minute around a single time.
+  function xRange(u, mn, mx, bars, xtime) {
+    if (mn === null || mx === null) return [0, 1];
+    const xs = u.data[0].filter((v) => v !== null);
+    let step = Infinity;
+    for (let k = 1; k < xs.length; k++) {
+      const d = Math.abs(xs[k] - xs[k - 1]);
+      if (d > 0 && d < step) step = d;
+    }
+    if (step === Infinity) step = xtime ? 60 : 1;
+    if (bars || mn === mx) return [mn - step / 2, mx + step / 2];
+    return [mn, mx];
   }
 
   function render(answer) {

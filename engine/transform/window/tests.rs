@@ -184,6 +184,31 @@ async fn a_row_for_a_written_window_is_late_and_not_folded_in() {
 }
 
 #[tokio::test]
+async fn open_windows_show_as_they_stand_and_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "SELECT date_trunc('minute', event_time) AS minute, count(*) AS n FROM events GROUP BY 1",
+        "30s",
+    );
+    let t = Transforms::load(&job).await.unwrap();
+    t.keep_open_rows();
+    let s1 = t
+        .step(events(&job, &[(10, 1, "a"), (20, 1, "b")]), false)
+        .await
+        .unwrap();
+    assert_eq!(s1.outputs[0].rows(), 0, "nothing written yet");
+    let open = text(&s1.open["w"]);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(open[0].contains("| 2 "), "{open:?}");
+    // Showing them consumed nothing: the next row joins the same window, which ends with 3.
+    let s2 = t.step(events(&job, &[(30, 1, "c")]), true).await.unwrap();
+    let rows = text(&s2.outputs[0].batches);
+    assert!(rows.len() == 1 && rows[0].contains("| 3 "), "{rows:?}");
+    assert!(s2.open["w"].is_empty(), "the end closed it");
+}
+
+#[tokio::test]
 async fn queries_that_cannot_be_kept_are_refused_with_the_fix() {
     for (sql, says) in [
         ("SELECT event_time AS minute FROM events", "no aggregate"),
