@@ -9,10 +9,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use datafusion::catalog::{SchemaProvider, Session};
-use datafusion::datasource::TableProvider;
+use datafusion::catalog::{ScanArgs, ScanResult, SchemaProvider, Session};
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 
@@ -40,15 +43,20 @@ pub enum QueryError {
 /// One table as last refreshed.
 struct Live {
     delta: DeltaTable,
+    provider: Arc<dyn TableProvider>,
     /// When its newest version was committed (ms since the epoch).
     committed_ms: Option<i64>,
 }
 
+/// The providers of the lake's tables at their last refreshed versions, by name.
+type Providers = Arc<RwLock<BTreeMap<String, Arc<dyn TableProvider>>>>;
+
 /// The lake's tables as a DataFusion schema (`public` in `weir serve`), each at the Delta version
-/// of the last [`LiveLake::refresh`].
+/// of the last [`LiveLake::refresh`]. A plan holds [`LiveTable`]s, which resolve to the version
+/// current when it runs: a prepared statement run again reads the newest snapshot.
 pub struct LiveLake {
     location: Location,
-    tables: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
+    tables: Providers,
     /// Tables that are not in the lake (a running job's open windows), by name.
     extra: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     /// Serialises refreshes; holds the Delta tables and when the last refresh started.
@@ -66,7 +74,7 @@ impl LiveLake {
     pub fn new(location: Location) -> Self {
         Self {
             location,
-            tables: RwLock::default(),
+            tables: Providers::default(),
             extra: RwLock::default(),
             state: tokio::sync::Mutex::default(),
             newest_commit_ms: RwLock::default(),
@@ -77,9 +85,11 @@ impl LiveLake {
         &self.location.url
     }
 
-    /// Moves every table to its newest Delta version and picks up new tables. Callers that ask
-    /// while another refresh runs share the next one that starts after they asked, so a
-    /// dashboard's panels refreshing at once list the lake once.
+    /// Moves every table to its newest Delta version and picks up new tables; every table moves
+    /// at once, when all are read. Callers that ask while another refresh runs share the next one
+    /// that starts after they asked, so a dashboard's panels refreshing at once list the lake
+    /// once. A table that cannot be read now stays as it was (a warning); only a lake that
+    /// cannot be listed is an error.
     pub async fn refresh(&self, session: &dyn Session) -> Result<(), QueryError> {
         let asked = Instant::now();
         let mut guard = self.state.lock().await;
@@ -93,6 +103,7 @@ impl LiveLake {
             .store
             .list_with_delimiter(Some(&self.location.root))
             .await?;
+        let mut next = self.tables.read().expect("lock").clone();
         for prefix in listing.common_prefixes {
             let Some(name) = prefix.filename().map(str::to_string) else {
                 continue;
@@ -100,56 +111,62 @@ impl LiveLake {
             if !Layout::is_table(&name) {
                 continue;
             }
-            let delta_err = |source| QueryError::Delta {
-                table: name.clone(),
-                source,
-            };
-            let prev = live.remove(&name);
-            let before = prev.as_ref().and_then(|l| l.delta.version());
-            let prev_ms = prev.as_ref().and_then(|l| l.committed_ms);
-            let delta = match prev {
-                Some(l) => {
-                    let mut t = l.delta;
-                    t.update_incremental(None).await.map_err(delta_err)?;
-                    t
+            match self.refresh_one(live, &name, session).await {
+                Ok(Some(provider)) => {
+                    next.insert(name, provider);
                 }
-                None => match delta::open(&self.location, &name)
-                    .await
-                    .map_err(delta_err)?
-                {
-                    Some(t) => {
-                        t.update_datafusion_session(session).map_err(delta_err)?;
-                        t
-                    }
-                    None => continue,
-                },
-            };
-            let version = delta.version();
-            let cached = self.tables.read().expect("lock").get(&name).cloned();
-            let (provider, committed_ms) = match cached {
-                Some(p) if before.is_some() && before == version => (p, prev_ms),
-                _ => {
-                    let provider: Arc<dyn TableProvider> =
-                        delta.table_provider().await.map_err(QueryError::Sql)?;
-                    let at = version.and_then(|v| delta.snapshot().ok()?.version_timestamp(v));
-                    (provider, at)
-                }
-            };
-            self.tables
-                .write()
-                .expect("lock")
-                .insert(name.clone(), provider);
-            live.insert(
-                name,
-                Live {
-                    delta,
-                    committed_ms,
-                },
-            );
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}; queries read {name} as it was"),
+            }
         }
+        *self.tables.write().expect("lock") = next;
         *self.newest_commit_ms.write().expect("lock") =
             live.values().filter_map(|l| l.committed_ms).max();
         Ok(())
+    }
+
+    /// One table at its newest version (`None`: not a Delta table yet).
+    async fn refresh_one(
+        &self,
+        live: &mut BTreeMap<String, Live>,
+        name: &str,
+        session: &dyn Session,
+    ) -> Result<Option<Arc<dyn TableProvider>>, QueryError> {
+        let delta_err = |source| QueryError::Delta {
+            table: name.to_string(),
+            source,
+        };
+        let committed = |t: &DeltaTable| {
+            t.version()
+                .and_then(|v| t.snapshot().ok()?.version_timestamp(v))
+        };
+        if let Some(l) = live.get_mut(name) {
+            let before = l.delta.version();
+            l.delta.update_incremental(None).await.map_err(delta_err)?;
+            if l.delta.version() != before {
+                l.provider = l.delta.table_provider().await.map_err(QueryError::Sql)?;
+                l.committed_ms = committed(&l.delta);
+            }
+            return Ok(Some(l.provider.clone()));
+        }
+        let Some(delta) = delta::open(&self.location, name).await.map_err(delta_err)? else {
+            return Ok(None);
+        };
+        delta
+            .update_datafusion_session(session)
+            .map_err(delta_err)?;
+        let provider: Arc<dyn TableProvider> =
+            delta.table_provider().await.map_err(QueryError::Sql)?;
+        let committed_ms = committed(&delta);
+        live.insert(
+            name.to_string(),
+            Live {
+                delta,
+                provider: provider.clone(),
+                committed_ms,
+            },
+        );
+        Ok(Some(provider))
     }
 
     /// When the newest commit of any table was made (ms since the epoch), as of the last refresh.
@@ -185,9 +202,15 @@ impl SchemaProvider for LiveLake {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        Ok(self
-            .get(name)
-            .or_else(|| self.extra.read().expect("lock").get(name).cloned()))
+        if let Some(current) = self.get(name) {
+            return Ok(Some(Arc::new(LiveTable {
+                name: name.to_string(),
+                schema: current.schema(),
+                table_type: current.table_type(),
+                tables: self.tables.clone(),
+            })));
+        }
+        Ok(self.extra.read().expect("lock").get(name).cloned())
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -196,11 +219,95 @@ impl SchemaProvider for LiveLake {
     }
 }
 
+/// A lake table in a plan: its provider is looked up when the plan runs, so a plan made before a
+/// refresh (a prepared statement) reads the version current when it runs. Read-only: it takes no
+/// inserts.
+#[derive(Debug)]
+pub struct LiveTable {
+    name: String,
+    schema: SchemaRef,
+    table_type: TableType,
+    tables: Providers,
+}
+
+impl LiveTable {
+    fn current(&self) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+        let current = self
+            .tables
+            .read()
+            .expect("lock")
+            .get(&self.name)
+            .cloned()
+            .ok_or_else(|| DataFusionError::Plan(format!("table {} is gone", self.name)))?;
+        if current.schema() != self.schema {
+            return Err(DataFusionError::Plan(format!(
+                "table {} has new columns since this statement was planned: prepare it again",
+                self.name
+            )));
+        }
+        Ok(current)
+    }
+}
+
+#[async_trait]
+impl TableProvider for LiveTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.table_type
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>, DataFusionError> {
+        self.current()?.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        self.current()?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: ScanArgs<'a>,
+    ) -> Result<ScanResult, DataFusionError> {
+        self.current()?.scan_with_args(state, args).await
+    }
+}
+
 /// A session whose default schema (`datafusion.public`) is the live lake, with the
 /// information_schema on for SQL tools.
 pub fn live_session(lake: Arc<LiveLake>) -> Result<SessionContext, QueryError> {
+    live_session_with(lake, None)
+}
+
+/// [`live_session`], its queries together held to `memory` bytes (sorts and aggregates spill to
+/// disk, the rest fail with "Resources exhausted").
+pub fn live_session_with(
+    lake: Arc<LiveLake>,
+    memory: Option<usize>,
+) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new().with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+    if let Some(bytes) = memory {
+        runtime = runtime.with_memory_pool(Arc::new(
+            datafusion::execution::memory_pool::FairSpillPool::new(bytes),
+        ));
+    }
+    let runtime = runtime.build_arc().map_err(QueryError::Sql)?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     let catalog = ctx
         .catalog("datafusion")
         .expect("DataFusion's default catalog");

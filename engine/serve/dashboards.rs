@@ -225,7 +225,11 @@ pub fn is_numeric(t: &DataType) -> bool {
 pub fn read_only(sql: &str) -> Result<(), String> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
     match statements.as_slice() {
-        [Statement::Query(_)] | [Statement::Explain { .. }] => Ok(()),
+        [Statement::Query(_)] => Ok(()),
+        // EXPLAIN ANALYZE runs what it explains.
+        [Statement::Explain { statement, .. }] if matches!(**statement, Statement::Query(_)) => {
+            Ok(())
+        }
         [] => Err("the SQL is empty".into()),
         [_] => Err(
             "only queries (SELECT, WITH, VALUES) are allowed: the lake is written by weir run"

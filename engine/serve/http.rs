@@ -47,9 +47,29 @@ pub async fn serve(listener: tokio::net::TcpListener, served: Arc<Served>) -> st
 }
 
 /// With a password set, every request needs it: basic auth (any user) or a bearer token.
+/// Without one (loopback), only requests for a loopback host name are served: a web page
+/// cannot read the lake by pointing its own host name at 127.0.0.1 (DNS rebinding).
 async fn auth(State(s): State<Arc<Served>>, req: Request, next: Next) -> Response {
     let Some(password) = &s.password else {
-        return next.run(req).await;
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        if matches!(name, "localhost" | "127.0.0.1" | "[::1]" | "") {
+            return next.run(req).await;
+        }
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "weir serve on loopback answers only to localhost, 127.0.0.1 or [::1], not to host {host}; to serve other names, bind another address with {}",
+                super::PASSWORD_ENV
+            ),
+        );
     };
     let given = req
         .headers()
@@ -232,8 +252,19 @@ async fn run_panels(s: &Served, d: &Dashboard) -> Vec<PanelAnswer> {
     .await
 }
 
-/// Runs a read-only query, keeping at most `limit` rows.
+/// Runs a read-only query, keeping at most `limit` rows, for at most [`super::QUERY_TIMEOUT`].
 async fn collect(s: &Served, sql: &str, limit: usize) -> Result<Table, String> {
+    tokio::time::timeout(super::QUERY_TIMEOUT, collect_all(s, sql, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the query ran for more than {} s and was stopped",
+                super::QUERY_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+async fn collect_all(s: &Served, sql: &str, limit: usize) -> Result<Table, String> {
     let mut stream = execute(s, sql).await?;
     let schema = stream.schema();
     let mut batches = Vec::new();

@@ -31,9 +31,17 @@ use tokio::task::JoinSet;
 
 use crate::commit::CommitRecord;
 use crate::pipeline::Committed;
-use crate::query::{LiveLake, QueryError, live_session};
+use crate::query::{LiveLake, QueryError, live_session_with};
 use crate::storage::Location;
 use dashboards::{DashboardError, Dashboards};
+
+/// What the queries of `weir serve` may hold in memory together (beyond it sorts and
+/// aggregates spill to disk, other queries fail), so that a big query cannot take down a running
+/// job serving its dashboards.
+pub const QUERY_MEMORY: usize = 1 << 30;
+
+/// How long an HTTP query (a panel, `/api/query` as JSON) may run.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The environment variable holding the password `weir serve` asks for on a non-loopback address
 /// (HTTP basic or bearer, PostgreSQL password).
@@ -157,7 +165,7 @@ pub async fn start(
     let lake = Arc::new(LiveLake::new(
         Location::parse(&opts.lake).map_err(QueryError::from)?,
     ));
-    let ctx = live_session(lake.clone())?;
+    let ctx = live_session_with(lake.clone(), Some(QUERY_MEMORY))?;
     datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
         &ctx,
         "datafusion",

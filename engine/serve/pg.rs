@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Expr, Set, Statement};
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, QueryHook};
@@ -27,7 +27,7 @@ use pgwire::api::auth::{
 };
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::Response;
+use pgwire::api::results::{Response, Tag};
 use pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -35,19 +35,27 @@ use pgwire::tokio::TlsAcceptor;
 
 use super::Served;
 
-/// Session settings a client may `SET` (those tools send at start-up); anything else, above all
-/// DataFusion's own `datafusion.*` options, is refused.
-const HARMLESS_SETTINGS: &[&str] = &[
+/// Settings datafusion-postgres keeps per connection when `SET` as `name = literal` (its
+/// `SetShowHook`); `SET TIME ZONE` is kept per connection too.
+const PER_CONNECTION: &[&str] = &[
     "application_name",
     "bytea_output",
+    "datestyle",
+    "extra_float_digits",
+    "intervalstyle",
+    "search_path",
+    "statement_timeout",
+];
+
+/// Settings tools send at start-up that are answered `SET` and otherwise ignored: passed on,
+/// DataFusion would change them for every client of the shared session.
+const IGNORED: &[&str] = &[
+    "characteristics",
     "client_encoding",
     "client_min_messages",
-    "datestyle",
     "default_transaction_isolation",
     "default_transaction_read_only",
-    "extra_float_digits",
     "idle_in_transaction_session_timeout",
-    "intervalstyle",
     "jit",
     "lc_messages",
     "lc_monetary",
@@ -55,14 +63,22 @@ const HARMLESS_SETTINGS: &[&str] = &[
     "lc_time",
     "lock_timeout",
     "names",
-    "search_path",
-    "session",
     "standard_conforming_strings",
-    "statement_timeout",
     "time",
     "timezone",
     "transaction",
 ];
+
+/// What becomes of a statement.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// It runs (a query, a per-connection setting, a transaction or cursor statement).
+    Run,
+    /// A harmless `SET`, answered without effect.
+    Ignore,
+    /// Refused with this SQLSTATE and message.
+    Refuse(&'static str, String),
+}
 
 /// Serves PostgreSQL clients on `listener` until dropped.
 pub async fn serve(
@@ -98,7 +114,15 @@ pub async fn serve(
         cancel: Arc::new(DefaultCancelHandler::new(connections)),
     });
     loop {
-        let (socket, addr) = listener.accept().await?;
+        // Out of file descriptors, say: wait a moment, the server goes on.
+        let (socket, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("PostgreSQL endpoint: accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let handlers = handlers.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -261,15 +285,20 @@ struct ReadOnly {
 }
 
 impl ReadOnly {
-    async fn check(&self, statement: &Statement) -> PgWireResult<()> {
-        refused(statement).map_or(Ok(()), |(code, message)| {
-            Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+    /// Refuses what may not run; refreshes the lake before what reads it.
+    async fn check(&self, statement: &Statement) -> PgWireResult<Verdict> {
+        let verdict = verdict(statement);
+        if let Verdict::Refuse(code, message) = verdict {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
                 code.into(),
                 message,
-            ))))
-        })?;
-        if matches!(statement, Statement::Query(_) | Statement::Explain { .. }) {
+            ))));
+        }
+        if matches!(
+            statement,
+            Statement::Query(_) | Statement::Explain { .. } | Statement::Declare { .. }
+        ) {
             self.served.refresh().await.map_err(|e| {
                 PgWireError::UserError(Box::new(ErrorInfo::new(
                     "ERROR".into(),
@@ -278,8 +307,12 @@ impl ReadOnly {
                 )))
             })?;
         }
-        Ok(())
+        Ok(verdict)
     }
+}
+
+fn set_done() -> Response {
+    Response::Execution(Tag::new("SET"))
 }
 
 #[async_trait]
@@ -290,7 +323,11 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.check(statement).await.err().map(Err)
+        match self.check(statement).await {
+            Ok(Verdict::Ignore) => Some(Ok(set_done())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     async fn handle_extended_parse_query(
@@ -299,6 +336,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        // An ignored SET is planned by SetShowHook (an empty plan) and answered below.
         self.check(statement).await.err().map(Err)
     }
 
@@ -310,21 +348,20 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        refused(statement).map(|(code, message)| {
-            Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                code.into(),
-                message,
-            ))))
-        })
+        // A prepared statement runs again and again: each run reads the newest snapshot (the
+        // plan's tables are the lake's live tables, resolved when it runs).
+        match self.check(statement).await {
+            Ok(Verdict::Ignore) => Some(Ok(set_done())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 
-/// Why a statement is refused (SQLSTATE and message), or `None` when it may run.
-fn refused(statement: &Statement) -> Option<(&'static str, String)> {
+/// What becomes of a statement: only reads run, and settings that stay with the connection.
+fn verdict(statement: &Statement) -> Verdict {
     match statement {
         Statement::Query(_)
-        | Statement::Explain { .. }
         | Statement::ShowVariable { .. }
         | Statement::ShowVariables { .. }
         | Statement::ShowTables { .. }
@@ -336,58 +373,84 @@ fn refused(statement: &Statement) -> Option<(&'static str, String)> {
         | Statement::Fetch { .. }
         | Statement::Close { .. }
         | Statement::Deallocate { .. }
-        | Statement::Discard { .. } => None,
-        Statement::Set(_) => {
-            let text = statement.to_string().to_lowercase();
-            let rest = text.trim_start_matches("set").trim_start();
-            let rest = rest
-                .strip_prefix("session ")
-                .or_else(|| rest.strip_prefix("local "))
-                .unwrap_or(rest)
-                .trim_start();
-            let name = rest
-                .split(|c: char| c.is_whitespace() || c == '=')
-                .next()
-                .unwrap_or("")
-                .trim_matches('"');
-            if HARMLESS_SETTINGS.contains(&name) {
-                None
-            } else {
-                Some((
-                    "42501",
-                    format!(
-                        "SET {name} is refused: Weir's PostgreSQL endpoint only takes session settings such as client_encoding, DateStyle, TimeZone, search_path, statement_timeout and application_name"
-                    ),
-                ))
+        | Statement::Discard { .. } => Verdict::Run,
+        // EXPLAIN ANALYZE runs what it explains: a query only.
+        Statement::Explain { statement, .. } => match verdict(statement) {
+            Verdict::Run if matches!(**statement, Statement::Query(_)) => Verdict::Run,
+            _ => refuse(statement),
+        },
+        Statement::Set(set) => set_verdict(set, statement),
+        other => refuse(other),
+    }
+}
+
+fn refuse(statement: &Statement) -> Verdict {
+    let text = statement.to_string().to_uppercase();
+    let mut words = text.split_whitespace();
+    let first = words.next().unwrap_or("this statement");
+    // CREATE TABLE, DROP VIEW, ...; INSERT, DELETE, COPY, ... alone.
+    let kind = match (first, words.next()) {
+        ("CREATE" | "DROP" | "ALTER", Some(what)) => format!("{first} {what}"),
+        _ => first.to_string(),
+    };
+    Verdict::Refuse(
+        "25006",
+        format!(
+            "{kind} is refused: Weir's PostgreSQL endpoint is read-only (the lake is written by weir run); run SELECT queries"
+        ),
+    )
+}
+
+fn set_verdict(set: &Set, statement: &Statement) -> Verdict {
+    match set {
+        Set::SingleAssignment {
+            scope: None,
+            hivevar: false,
+            variable,
+            values,
+        } => {
+            let name = variable.to_string().to_lowercase();
+            let literal = matches!(values.first(), Some(Expr::Value(_)));
+            if PER_CONNECTION.contains(&name.as_str()) && (literal || name == "statement_timeout") {
+                return Verdict::Run;
             }
         }
-        other => {
-            let text = other.to_string();
-            let kind: String = text
-                .split_whitespace()
-                .take(2)
-                .collect::<Vec<_>>()
-                .join(" ")
-                .to_uppercase();
-            Some((
-                "25006",
-                format!(
-                    "{kind} is refused: Weir's PostgreSQL endpoint is read-only (the lake is written by weir run); run SELECT queries"
-                ),
-            ))
-        }
+        Set::SetTimeZone { local: false, .. } => return Verdict::Run,
+        _ => {}
+    }
+    let text = statement.to_string().to_lowercase();
+    let rest = text.trim_start_matches("set").trim_start();
+    let rest = rest
+        .strip_prefix("session ")
+        .or_else(|| rest.strip_prefix("local "))
+        .unwrap_or(rest)
+        .trim_start();
+    let name = rest
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .next()
+        .unwrap_or("")
+        .trim_matches('"');
+    if IGNORED.contains(&name) || PER_CONNECTION.contains(&name) {
+        Verdict::Ignore
+    } else {
+        Verdict::Refuse(
+            "42501",
+            format!(
+                "SET {name} is refused: Weir's PostgreSQL endpoint only takes session settings such as client_encoding, DateStyle, TimeZone, search_path, statement_timeout and application_name"
+            ),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::refused;
+    use super::{Verdict, verdict};
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
 
-    fn check(sql: &str) -> Option<String> {
+    fn check(sql: &str) -> Verdict {
         let s = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parses");
-        refused(&s[0]).map(|(code, m)| format!("{code} {m}"))
+        verdict(&s[0])
     }
 
     #[test]
@@ -395,16 +458,28 @@ mod tests {
         for ok in [
             "SELECT 1",
             "WITH a AS (SELECT 1) SELECT * FROM a",
-            "SET client_encoding = 'UTF8'",
-            "SET DateStyle = ISO",
+            "EXPLAIN SELECT 1",
+            "EXPLAIN ANALYZE SELECT 1",
+            "SET DateStyle = 'ISO, MDY'",
             "SET TIME ZONE 'UTC'",
             "SET extra_float_digits = 3",
-            "SET SESSION statement_timeout = 1000",
+            "SET application_name = 'Metabase v0.55.1'",
+            "SET statement_timeout = 1000",
             "SHOW TimeZone",
+            "SHOW TRANSACTION ISOLATION LEVEL",
             "BEGIN",
             "COMMIT",
         ] {
-            assert_eq!(check(ok), None, "{ok}");
+            assert_eq!(check(ok), Verdict::Run, "{ok}");
+        }
+        for ignored in [
+            "SET client_encoding = 'UTF8'",
+            "SET DateStyle = ISO",
+            "SET timezone = 'Europe/Paris'",
+            "SET SESSION statement_timeout = 1000",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        ] {
+            assert_eq!(check(ignored), Verdict::Ignore, "{ignored}");
         }
         for (bad, code) in [
             ("INSERT INTO sales VALUES (1)", "25006"),
@@ -413,10 +488,14 @@ mod tests {
             ("CREATE TABLE t (a int)", "25006"),
             ("DROP TABLE sales", "25006"),
             ("COPY sales TO '/tmp/x.csv'", "25006"),
+            ("EXPLAIN ANALYZE INSERT INTO sales VALUES (1)", "25006"),
+            ("EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/x.csv'", "25006"),
             ("SET datafusion.execution.batch_size = 1", "42501"),
         ] {
-            let m = check(bad).unwrap_or_default();
-            assert!(m.starts_with(code), "{bad}: {m}");
+            match check(bad) {
+                Verdict::Refuse(c, _) => assert_eq!(c, code, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 }

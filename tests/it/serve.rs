@@ -22,59 +22,113 @@ fn project(events: u64) -> Project {
     p
 }
 
-/// A running server, killed when dropped.
-struct Server(Child);
+/// A running `weir serve` or `weir run --serve`, killed when dropped; its ports are those it
+/// printed (it binds port 0: no clash with another test or a server left behind).
+struct Server {
+    child: Child,
+    http: u16,
+    pg: u16,
+    /// Its stderr so far (read on, so that the pipe never fills).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn wait_port(port: u16, child: &mut Child) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+impl Server {
+    /// Spawns `cmd` and waits for the addresses it prints ("dashboards on http://ADDR/",
+    /// "PostgreSQL on ADDR: ..."), those of `want` (http, pg).
+    fn start(mut cmd: Command, want: (bool, bool)) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weir");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = BufReader::new(child.stderr.take().unwrap());
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                kept.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
             }
-            panic!("weir exited before listening on {port} ({status:?}):\n{err}");
+        });
+        let port = |line: &str, marker: &str| -> Option<u16> {
+            let rest = &line[line.find(marker)? + marker.len()..];
+            let addr: String = rest
+                .chars()
+                .take_while(|c| *c != '/' && *c != ' ')
+                .collect();
+            addr.trim_end_matches(':').rsplit(':').next()?.parse().ok()
+        };
+        let (mut http, mut pg) = (None, None);
+        let started = Instant::now();
+        while (want.0 && http.is_none()) || (want.1 && pg.is_none()) {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    http = http.or_else(|| port(&line, "dashboards on http://"));
+                    pg = pg.or_else(|| port(&line, "PostgreSQL on "));
+                }
+                Err(_) => {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        std::thread::sleep(Duration::from_millis(200));
+                        panic!(
+                            "weir exited ({status:?}) before listening:\n{}",
+                            log.lock().unwrap()
+                        );
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(120),
+                        "weir did not say where it listens:\n{}",
+                        log.lock().unwrap()
+                    );
+                }
+            }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nothing on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        Self {
+            child,
+            http: http.unwrap_or(0),
+            pg: pg.unwrap_or(0),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 }
 
-fn serve(p: &Project, http: u16, pg: u16, env: &[(&str, &str)], bind: &str) -> Server {
+/// `weir serve` of the project's job on `bind`, HTTP and PostgreSQL on ports of its choosing.
+fn serve(p: &Project, env: &[(&str, &str)], bind: &str) -> Server {
     let mut c = weir();
     c.arg("serve")
         .arg(p.job())
-        .args(["--http", &format!("{bind}:{http}")])
-        .args(["--pg", &format!("{bind}:{pg}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .args(["--http", &format!("{bind}:0")])
+        .args(["--pg", &format!("{bind}:0")]);
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c.spawn().expect("spawn weir serve");
-    wait_port(http, &mut child);
-    wait_port(pg, &mut child);
-    Server(child)
+    Server::start(c, (true, true))
 }
 
 /// GET over HTTP/1.0; returns (status, body).
 fn get(port: u16, path: &str, auth: Option<&str>) -> (u16, Vec<u8>) {
+    get_as(port, path, auth, "127.0.0.1")
+}
+
+/// [`get`] with this Host header.
+fn get_as(port: u16, path: &str, auth: Option<&str>, host: &str) -> (u16, Vec<u8>) {
     use std::io::Read;
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let auth = auth
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
-    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").unwrap();
     let mut out = Vec::new();
     c.read_to_end(&mut out).unwrap();
     let split = out
@@ -167,8 +221,14 @@ fn api_and_postgres_endpoint_answer_like_duckdb_and_refuse_writes() {
     let p = project(6000);
     run(&mut p.run_cmd(), true);
     let lake = p.lake();
-    let (http, pg) = (45711, 45712);
-    let _server = serve(&p, http, pg, &[], "127.0.0.1");
+    let server = serve(&p, &[], "127.0.0.1");
+    let (http, pg) = (server.http, server.pg);
+    // A page elsewhere cannot read the lake by calling its own host name 127.0.0.1.
+    assert_eq!(
+        get_as(http, "/api/d/shop", None, "evil.example:8080").0,
+        403
+    );
+    assert_eq!(get_as(http, "/api/d/shop", None, "localhost:8080").0, 200);
 
     // Dashboard panels: the number panels against DuckDB over the raw events and over the lake.
     let d = get_json(http, "/api/d/shop");
@@ -309,20 +369,48 @@ fn api_and_postgres_endpoint_answer_like_duckdb_and_refuse_writes() {
             "-c",
             "COPY sales TO '/tmp/weir-copy.csv'",
             "-c",
+            "EXPLAIN ANALYZE INSERT INTO sales (event_id) VALUES ('x')",
+            "-c",
+            "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/weir-copy.csv'",
+            "-c",
             "SET datafusion.execution.batch_size = 1",
+            "-c",
+            "SET timezone = 'Asia/Tokyo'",
             "-c",
             "SELECT 41 + 1",
         ],
         None,
     );
     let err = stderr(&out);
-    assert_eq!(err.matches("read-only").count(), 3, "{err}");
+    assert_eq!(err.matches("read-only").count(), 5, "{err}");
     assert!(
         err.contains("SET datafusion.execution.batch_size is refused"),
         "{err}"
     );
-    assert_eq!(stdout(&out).trim(), "42", "{err}");
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["SET", "42"],
+        "{err}"
+    );
+    assert!(
+        err.contains("ERROR:  COPY is refused: Weir's PostgreSQL endpoint is read-only"),
+        "{err}"
+    );
     assert!(!Path::new("/tmp/weir-copy.csv").exists());
+    // The ignored SET changed nothing for the next client (one session is shared).
+    let out = psql(pg, &["-At", "-c", "SELECT count(*) FROM sales"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j = get_json(
+        http,
+        &format!(
+            "/api/query?sql={}",
+            url_encode("SELECT arrow_typeof(now()) AS t")
+        ),
+    );
+    assert!(
+        j["rows"][0][0].as_str().unwrap().contains("Timestamp") && !j.to_string().contains("Tokyo"),
+        "{j}"
+    );
 
     // psycopg: the extended protocol with a parameter, and a refused INSERT's SQLSTATE.
     let got = python(
@@ -347,7 +435,50 @@ with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="bi", dbname=
     expected.push("refused 25006".into());
     assert_eq!(got, expected);
 
-    // A new commit is seen by the next query, without restarting the server.
+    // What Metabase and Grafana send when they connect and list tables and columns.
+    let got = python(
+        r#"
+import sys, psycopg
+with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="metabase", dbname="shop", autocommit=True) as c:
+    for s in ["SET extra_float_digits = 2",
+              "SET application_name = 'Metabase v0.55.1'",
+              "SHOW TRANSACTION ISOLATION LEVEL",
+              "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
+              "show timezone"]:
+        c.execute(s)
+    tables = c.execute("""SELECT "n"."nspname" AS "schema", "c"."relname" AS "name" FROM "pg_catalog"."pg_class" AS "c" INNER JOIN "pg_catalog"."pg_namespace" AS "n" ON "c"."relnamespace" = "n"."oid" WHERE ("n"."nspname" !~ '^pg_') AND ("n"."nspname" <> 'information_schema') AND c.relkind in ('r', 'p', 'v', 'f', 'm') AND ("n"."nspname" IN ('public')) ORDER BY "schema" ASC, "name" ASC""").fetchall()
+    print("metabase", ",".join(t[1] for t in tables))
+    grafana = c.execute("""SELECT quote_ident(table_name) AS "table" FROM information_schema.tables WHERE quote_ident(table_schema) NOT IN ('information_schema', 'pg_catalog') ORDER BY 1""").fetchall()
+    print("grafana", ",".join(t[0] for t in grafana))
+    cols = c.execute("""SELECT quote_ident(column_name) AS "column", data_type AS "type" FROM information_schema.columns WHERE quote_ident(table_schema) = 'public' AND quote_ident(table_name) = 'stock'""").fetchall()
+    print("columns", ",".join(col for col, _ in cols))
+"#,
+        &[&pg.to_string()],
+    );
+    for (i, tool) in ["metabase", "grafana"].iter().enumerate() {
+        let listed: std::collections::BTreeSet<&str> = got[i]
+            .strip_prefix(&format!("{tool} "))
+            .unwrap_or_default()
+            .split(',')
+            .collect();
+        for t in [
+            "_dead_letters",
+            "_late",
+            "funnel",
+            "revenue",
+            "sales",
+            "stock",
+        ] {
+            assert!(listed.contains(t), "{tool} lacks {t}: {got:?}");
+        }
+    }
+    assert!(
+        got[2].starts_with("columns product_id,name,category,units_sold"),
+        "{got:?}"
+    );
+
+    // A new commit is seen by the next query, without restarting the server: by a dashboard,
+    // and by a statement prepared before it (psycopg, server-side prepared).
     let before = revenue;
     run(
         weir()
@@ -357,12 +488,30 @@ with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="bi", dbname=
             .arg(p.root().join("more")),
         true,
     );
-    run(
-        p.run_cmd()
-            .arg("--input")
-            .arg(p.root().join("more/events/*.jsonl*")),
-        true,
+    let counts = python(
+        r#"
+import subprocess, sys, psycopg
+port, weir, job, more = sys.argv[1:5]
+with psycopg.connect(host="127.0.0.1", port=int(port), user="bi", dbname="shop", autocommit=True) as c:
+    q = "SELECT count(*) FROM sales WHERE quantity >= %s"
+    before = c.execute(q, (0,), prepare=True).fetchone()[0]
+    subprocess.run([weir, "run", job, "--quiet", "--input", more], check=True, stdout=subprocess.DEVNULL)
+    after = c.execute(q, (0,), prepare=True).fetchone()[0]
+    print(before, after)
+"#,
+        &[
+            &pg.to_string(),
+            env!("CARGO_BIN_EXE_weir"),
+            &p.job().display().to_string(),
+            &p.root().join("more/events/*.jsonl*").display().to_string(),
+        ],
     );
+    let lake_count = duckdb(&format!(
+        "SELECT count(*) FROM {} WHERE quantity >= 0",
+        lake_table(&lake, "sales")
+    ));
+    let (b, a) = counts[0].split_once(' ').unwrap();
+    assert!(b != a && a == lake_count[0], "{counts:?} vs {lake_count:?}");
     let d = get_json(http, "/api/d/shop");
     let after = panel(&d, "Revenue, net of refunds")["rows"][0][0]
         .as_f64()
@@ -375,6 +524,7 @@ with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="bi", dbname=
         after != before && close(after, num(&lake_revenue[0])),
         "{before} -> {after} vs {lake_revenue:?}"
     );
+    drop(server);
 }
 
 fn p_last_batch(lake: &Path) -> u64 {
@@ -394,7 +544,7 @@ fn off_loopback_a_password_is_required() {
         weir()
             .arg("serve")
             .arg(p.job())
-            .args(["--http", "0.0.0.0:45721", "--pg", "off"])
+            .args(["--http", "0.0.0.0:0", "--pg", "off"])
             .env_remove("WEIR_SERVE_PASSWORD"),
         false,
     );
@@ -404,14 +554,8 @@ fn off_loopback_a_password_is_required() {
         stderr(&out)
     );
 
-    let (http, pg) = (45722, 45723);
-    let _server = serve(
-        &p,
-        http,
-        pg,
-        &[("WEIR_SERVE_PASSWORD", "s3cret")],
-        "0.0.0.0",
-    );
+    let server = serve(&p, &[("WEIR_SERVE_PASSWORD", "s3cret")], "0.0.0.0");
+    let (http, pg) = (server.http, server.pg);
     assert_eq!(get(http, "/api/d/shop", None).0, 401);
     assert_eq!(get(http, "/api/d/shop", Some("Bearer nope")).0, 401);
     assert_eq!(get(http, "/api/d/shop", Some("Bearer s3cret")).0, 200);
@@ -457,19 +601,19 @@ fn off_loopback_a_password_is_required() {
     let mut c = weir();
     c.arg("serve")
         .arg(p.job())
-        .args(["--http", "off", "--pg", "0.0.0.0:45724"])
+        .args(["--http", "off", "--pg", "0.0.0.0:0"])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
-        .env("WEIR_SERVE_PASSWORD", "s3cret")
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    wait_port(45724, &mut child);
-    let _tls = Server(child);
+        .env("WEIR_SERVE_PASSWORD", "s3cret");
+    let tls = Server::start(c, (false, true));
     let tls_psql = |password: &str, command: &str| {
         Command::new("psql")
-            .arg("host=127.0.0.1 port=45724 user=analyst dbname=shop sslmode=require")
+            .arg(format!(
+                "host=127.0.0.1 port={} user=analyst dbname=shop sslmode=require",
+                tls.pg
+            ))
             .args(["-X", "-w", "-At", "-c", command])
             .env("PGPASSWORD", password)
             .output()
@@ -492,7 +636,7 @@ fn a_bad_dashboard_stops_the_run_before_any_data_moves() {
     );
     let out = run(
         p.run_cmd()
-            .args(["--serve", "--http", "127.0.0.1:45731", "--pg", "off"]),
+            .args(["--serve", "--http", "127.0.0.1:0", "--pg", "off"]),
         false,
     );
     let err = stderr(&out);
@@ -515,7 +659,7 @@ fn a_bad_dashboard_stops_the_run_before_any_data_moves() {
         weir()
             .arg("serve")
             .arg(p.job())
-            .args(["--http", "127.0.0.1:45732", "--pg", "off"]),
+            .args(["--http", "127.0.0.1:0", "--pg", "off"]),
         false,
     );
     assert!(
@@ -531,7 +675,7 @@ fn a_bad_dashboard_stops_the_run_before_any_data_moves() {
         weir()
             .arg("serve")
             .arg(p.job())
-            .args(["--http", "127.0.0.1:45733", "--pg", "off"]),
+            .args(["--http", "127.0.0.1:0", "--pg", "off"]),
         false,
     );
     assert!(
@@ -546,7 +690,7 @@ fn a_bad_dashboard_stops_the_run_before_any_data_moves() {
 /// waits for a line on stdin, then for the page to re-render by itself with changed numbers,
 /// prints them again and saves a screenshot.
 const BROWSER: &str = r#"
-import json, sys, time
+import json, sys
 from playwright.sync_api import sync_playwright
 url, shot = sys.argv[1], sys.argv[2]
 def numbers(page):
@@ -554,6 +698,7 @@ def numbers(page):
         const out = {};
         document.querySelectorAll('section.panel-number').forEach(s => out[s.dataset.title] = s.dataset.value);
         return {renders: Number(document.body.dataset.renders || 0), batch: document.body.dataset.batch, numbers: out,
+                events: Number(document.body.dataset.events || 0),
                 charts: document.querySelectorAll('.uplot canvas').length,
                 errors: Array.from(document.querySelectorAll('pre.error')).map(e => e.textContent)};
     }""")
@@ -564,11 +709,9 @@ with sync_playwright() as p:
     page.wait_for_function("Number(document.body.dataset.renders || 0) >= 1 && document.querySelectorAll('.uplot canvas').length >= 3", timeout=60000)
     first = numbers(page)
     print(json.dumps(first), flush=True)
-    sys.stdin.readline()
-    page.wait_for_function("(b) => document.body.dataset.batch !== b", arg=first["batch"], timeout=90000)
-    # The last commit of the new events may still come: wait for the page to settle.
-    time.sleep(3)
-    page.wait_for_timeout(500)
+    last = sys.stdin.readline().strip()
+    # Within 25 s: before the page's 30 s safety reload, so only a commit event can do it.
+    page.wait_for_function("(b) => document.body.dataset.batch === b", arg=last, timeout=25000)
     page.screenshot(path=shot, full_page=True)
     print(json.dumps(numbers(page)), flush=True)
     b.close()
@@ -583,24 +726,20 @@ fn dashboard_in_chromium_follows_a_running_job_without_reload() {
         &std::fs::read_to_string(repo().join("dashboards/shop.toml")).unwrap(),
     );
     kinesis::produce(&stream, 3000, &[]);
-    let http = 45741;
-    let mut job = kinesis::aws_env(&mut p.run_cmd())
-        .args([
-            "--target",
-            "prod",
-            "--serve",
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--pg",
-            "off",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weir run --serve");
+    let mut cmd = p.run_cmd();
+    kinesis::aws_env(&mut cmd).args([
+        "--target",
+        "prod",
+        "--serve",
+        "--http",
+        "127.0.0.1:0",
+        "--pg",
+        "off",
+    ]);
+    let mut job = Server::start(cmd, (true, false));
+    let http = job.http;
     let state = p.lake().join("_weir/ecommerce");
-    kinesis::wait_committed(&state, 3000, &mut job);
-    wait_port(http, &mut job);
+    kinesis::wait_committed(&state, 3000, &mut job.child);
 
     let shot = repo().join("target/dashboard-shop.png");
     let mut browser = Command::new(python_path())
@@ -645,8 +784,8 @@ fn dashboard_in_chromium_follows_a_running_job_without_reload() {
 
     // New events: the page re-renders by itself (server-sent event per commit).
     kinesis::produce(&stream, 1000, &["--seed", "11"]);
-    kinesis::wait_committed(&state, 4000, &mut job);
-    writeln!(browser.stdin.as_mut().unwrap(), "go").unwrap();
+    kinesis::wait_committed(&state, 4000, &mut job.child);
+    writeln!(browser.stdin.as_mut().unwrap(), "{}", p_last_batch(&lake)).unwrap();
     let second: serde_json::Value =
         serde_json::from_str(&lines.next().expect("second render").unwrap()).unwrap();
     assert!(
@@ -664,5 +803,10 @@ fn dashboard_in_chromium_follows_a_running_job_without_reload() {
     assert_ne!(first["numbers"], second["numbers"]);
     assert!(browser.wait().unwrap().success());
     assert!(shot.exists());
-    kinesis::stop(job);
+    Command::new("kill")
+        .args(["-TERM", &job.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = job.child.wait().unwrap();
+    assert!(status.success(), "after SIGTERM: {status:?}\n{}", job.log());
 }

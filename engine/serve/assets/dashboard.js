@@ -270,7 +270,10 @@
   load();
   // On every commit; a reconnecting EventSource re-queries once it is back.
   const events = new EventSource("/api/events");
-  events.addEventListener("commit", load);
+  events.addEventListener("commit", () => {
+    document.body.dataset.events = String(Number(document.body.dataset.events || 0) + 1);
+    load();
+  });
   events.addEventListener("open", load);
   setInterval(showFreshness, 1000);
   // A safety net should an event be lost behind a proxy.
