@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
@@ -160,7 +160,7 @@ impl Panel {
             schema
                 .fields()
                 .iter()
-                .filter(|f| Some(f.name().as_str()) != skip && is_numeric(f.data_type()))
+                .filter(|f| Some(f.name().as_str()) != skip && f.data_type().is_numeric())
                 .count()
         };
         match self.kind {
@@ -214,10 +214,6 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Bar => "bar",
         Kind::Table => "table",
     }
-}
-
-pub fn is_numeric(t: &DataType) -> bool {
-    t.is_numeric()
 }
 
 /// Refuses anything but one query (SELECT, WITH, VALUES, EXPLAIN): dashboards and `/api/query`

@@ -309,10 +309,16 @@ impl ReadOnly {
         }
         Ok(verdict)
     }
-}
 
-fn set_done() -> Response {
-    Response::Execution(Tag::new("SET"))
+    /// The answer of a statement run (simple protocol, or a portal executed): an error, `SET`
+    /// for an ignored setting, or `None` to run it.
+    async fn answer(&self, statement: &Statement) -> Option<PgWireResult<Response>> {
+        match self.check(statement).await {
+            Ok(Verdict::Ignore) => Some(Ok(Response::Execution(Tag::new("SET")))),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 #[async_trait]
@@ -323,11 +329,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        match self.check(statement).await {
-            Ok(Verdict::Ignore) => Some(Ok(set_done())),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        }
+        self.answer(statement).await
     }
 
     async fn handle_extended_parse_query(
@@ -350,11 +352,7 @@ impl QueryHook for ReadOnly {
     ) -> Option<PgWireResult<Response>> {
         // A prepared statement runs again and again: each run reads the newest snapshot (the
         // plan's tables are the lake's live tables, resolved when it runs).
-        match self.check(statement).await {
-            Ok(Verdict::Ignore) => Some(Ok(set_done())),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        }
+        self.answer(statement).await
     }
 }
 

@@ -651,38 +651,27 @@ fn a_bad_dashboard_stops_the_run_before_any_data_moves() {
     run(&mut p.run_cmd(), true);
 
     // An unknown key and a chart without its x column, each named.
-    p.write(
-        "dashboards/shop.toml",
+    let serve_with = |dashboard: &str| {
+        p.write("dashboards/shop.toml", dashboard);
+        let out = run(
+            weir()
+                .arg("serve")
+                .arg(p.job())
+                .args(["--http", "127.0.0.1:0", "--pg", "off"]),
+            false,
+        );
+        stderr(&out)
+    };
+    let err = serve_with(
         "title = \"Shop\"\n[[panels]]\ntitle = \"Revenue\"\nkind = \"line\"\ncolour = \"red\"\nsql = \"SELECT 1 AS a\"\n",
     );
-    let out = run(
-        weir()
-            .arg("serve")
-            .arg(p.job())
-            .args(["--http", "127.0.0.1:0", "--pg", "off"]),
-        false,
-    );
-    assert!(
-        stderr(&out).contains("unknown field `colour`"),
-        "{}",
-        stderr(&out)
-    );
-    p.write(
-        "dashboards/shop.toml",
+    assert!(err.contains("unknown field `colour`"), "{err}");
+    let err = serve_with(
         "title = \"Shop\"\n[[panels]]\ntitle = \"Revenue\"\nkind = \"line\"\nx = \"minute\"\nsql = \"SELECT dt, sum(revenue) AS revenue FROM sales GROUP BY dt\"\n",
     );
-    let out = run(
-        weir()
-            .arg("serve")
-            .arg(p.job())
-            .args(["--http", "127.0.0.1:0", "--pg", "off"]),
-        false,
-    );
     assert!(
-        stderr(&out)
-            .contains("x = \"minute\" is not a column of the query; its columns: dt, revenue"),
-        "{}",
-        stderr(&out)
+        err.contains("x = \"minute\" is not a column of the query; its columns: dt, revenue"),
+        "{err}"
     );
 }
 
