@@ -31,7 +31,8 @@ pub struct Args {
     #[arg(long, short)]
     pub quiet: bool,
     /// Serve dashboards and the PostgreSQL endpoint while the job runs, pushed on every commit
-    /// (as `weir serve` does; --http, --pg, --dashboards, --tls-* as there).
+    /// (as `weir serve` does; --http, --pg, --dashboards, --tls-* as there). Off loopback both
+    /// ask for the password in WEIR_SERVE_PASSWORD.
     #[arg(long)]
     pub serve: bool,
     #[command(flatten)]
