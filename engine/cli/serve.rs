@@ -70,18 +70,11 @@ impl Listen {
         });
         ServeOptions {
             lake,
-            job: job.map(|j| j.name.clone()),
+            job: job.cloned(),
             http: self.http.0,
             pg: self.pg.0,
             dashboards,
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
-            windows: job.map_or_else(Vec::new, |j| {
-                j.outputs
-                    .iter()
-                    .filter(|(_, o)| o.window().is_some())
-                    .map(|(n, _)| n.clone())
-                    .collect()
-            }),
         }
     }
 }

@@ -30,9 +30,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::commit::CommitRecord;
+use crate::job::Job;
 use crate::pipeline::Committed;
 use crate::query::{LiveLake, QueryError, live_session_with};
 use crate::storage::Location;
+use crate::transform::Transforms;
 use dashboards::{DashboardError, Dashboards};
 
 /// What the queries of `weir serve` may hold in memory together (beyond it sorts and
@@ -67,22 +69,23 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Tls(String),
+    #[error(transparent)]
+    Transforms(crate::transform::TransformError),
 }
 
 /// What to serve, where.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub lake: String,
-    /// The job whose commit log tells freshness (`weir serve JOB`); `None` reads Delta versions.
-    pub job: Option<String>,
+    /// The job whose commit log tells freshness and whose saved window state gives the open
+    /// windows (`weir serve JOB`); `None` reads Delta versions.
+    pub job: Option<Job>,
     pub http: Option<SocketAddr>,
     pub pg: Option<SocketAddr>,
     /// Folder of `<name>.toml` dashboards; `None` serves none (the API and PostgreSQL still work).
     pub dashboards: Option<PathBuf>,
     /// PEM certificate and key: PostgreSQL over TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// The job's window outputs (each gets an `<output>_open` table).
-    pub windows: Vec<String>,
 }
 
 /// The last commit as the page shows it.
@@ -203,17 +206,38 @@ pub async fn start(
             });
         }
         Commits::Poll => {
-            // No running job: its window outputs' open windows are empty tables, so that
-            // the same dashboards plan.
-            for name in &opts.windows {
-                if let Some(t) = lake
-                    .get(name)
-                    .and_then(|t| empty_table(t.schema(), Vec::new()))
-                {
+            // No running job: a window output's open windows are those of the job's last
+            // commit (its saved state), empty until there is one.
+            let transforms = match &opts.job {
+                Some(job) if job.outputs.values().any(|o| o.window().is_some()) => {
+                    let t = Transforms::load(job)
+                        .await
+                        .map_err(ServeError::Transforms)?;
+                    t.keep_open_rows();
+                    Some(t)
+                }
+                _ => None,
+            };
+            let windows = transforms
+                .as_ref()
+                .map(Transforms::window_outputs)
+                .unwrap_or_default();
+            for (name, schema) in &windows {
+                if let Some(t) = empty_table(schema.clone(), Vec::new()) {
                     lake.put(&open_table(name), t);
                 }
             }
-            tasks.spawn(poll_commits(opts.clone(), lake.clone(), ctx.clone(), tx));
+            // Served once the first poll is done: the first page shows the open windows.
+            let (ready, first) = tokio::sync::oneshot::channel();
+            tasks.spawn(poll_commits(
+                opts.clone(),
+                lake.clone(),
+                ctx.clone(),
+                tx,
+                transforms,
+                ready,
+            ));
+            let _ = first.await;
         }
     }
     let dashboards = match &opts.dashboards {
@@ -264,24 +288,47 @@ async fn poll_commits(
     lake: Arc<LiveLake>,
     ctx: SessionContext,
     tx: watch::Sender<Freshness>,
+    transforms: Option<Transforms>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) -> std::io::Result<()> {
+    let mut ready = Some(ready);
     let commits = match (&opts.job, Location::parse(&opts.lake)) {
         (Some(job), Ok(location)) => {
-            let state = location.path(&crate::sink::lake::Layout::new(job).state());
+            let state = location.path(&crate::sink::lake::Layout::new(&job.name).state());
             Some(crate::commit::ObjectCommitStore::new(
                 location.store.clone(),
                 state,
-                job,
+                &job.name,
             ))
         }
         _ => None,
     };
+    let mut shown = None;
     loop {
         let fresh = match &commits {
             Some(c) => {
                 use crate::commit::CommitStore;
                 match c.recover().await {
-                    Ok(r) => r.last.as_ref().map(Freshness::of).unwrap_or_default(),
+                    Ok(r) => {
+                        if let (Some(t), Some(last)) = (&transforms, &r.last)
+                            && shown != Some(last.batch)
+                        {
+                            match open_windows(t, c, last).await {
+                                Ok(open) => {
+                                    for (name, (schema, rows)) in open {
+                                        if let Some(table) = empty_table(schema, rows) {
+                                            lake.put(&open_table(&name), table);
+                                        }
+                                    }
+                                    shown = Some(last.batch);
+                                }
+                                Err(e) => {
+                                    tracing::warn!("the open windows of batch {}: {e}", last.batch)
+                                }
+                            }
+                        }
+                        r.last.as_ref().map(Freshness::of).unwrap_or_default()
+                    }
                     Err(e) => {
                         tracing::warn!("reading the commit log: {e}");
                         tx.borrow().clone()
@@ -305,6 +352,49 @@ async fn poll_commits(
             *old = fresh;
             changed
         });
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// The window outputs' open windows as of a commit: its saved state, finished on a copy.
+async fn open_windows(
+    transforms: &Transforms,
+    commits: &crate::commit::ObjectCommitStore,
+    last: &CommitRecord,
+) -> Result<BTreeMap<String, (SchemaRef, Vec<RecordBatch>)>, String> {
+    let windows = transforms.window_outputs();
+    for (name, mark) in &last.windows {
+        if !windows.contains_key(name) || mark.update {
+            continue;
+        }
+        let open = match &mark.state {
+            Some(file) => {
+                let bytes = commits.get_window(file).await.map_err(|e| e.to_string())?;
+                Some(crate::transform::window::decode_state(&bytes).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        transforms.restore(
+            name,
+            crate::transform::window::WindowState {
+                watermark: mark.watermark,
+                closed: mark.closed,
+                open,
+            },
+        );
+    }
+    let step = transforms
+        .step(Vec::new(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(windows
+        .into_iter()
+        .map(|(name, schema)| {
+            let rows = step.open.get(&name).cloned().unwrap_or_default();
+            (name, (schema, rows))
+        })
+        .collect())
 }

@@ -770,6 +770,7 @@ fn dashboard_in_chromium_follows_a_running_job_without_reload() {
         close(shown(&first, "Products low on stock"), num(&low[0])),
         "{first} vs {low:?}"
     );
+    open_minutes_account_for_every_view(http, &lake);
 
     // New events: the page re-renders by itself (server-sent event per commit).
     kinesis::produce(&stream, 1000, &["--seed", "11"]);
@@ -780,6 +781,10 @@ fn dashboard_in_chromium_follows_a_running_job_without_reload() {
     assert!(
         second["renders"].as_u64() > first["renders"].as_u64(),
         "{second}"
+    );
+    assert!(
+        second["events"].as_u64() > first["events"].as_u64(),
+        "no commit event: {second}"
     );
     let revenue = duckdb(&format!(
         "SELECT sum(revenue) FROM {}",
@@ -798,4 +803,39 @@ fn dashboard_in_chromium_follows_a_running_job_without_reload() {
         .unwrap();
     let status = job.child.wait().unwrap();
     assert!(status.success(), "after SIGTERM: {status:?}\n{}", job.log());
+
+    // With the job stopped, weir serve shows the open minutes from the state its last commit saved.
+    let mut c = weir();
+    c.arg("serve")
+        .arg(p.job())
+        .args(["--target", "prod", "--http", "127.0.0.1:0", "--pg", "off"]);
+    let server = Server::start(c, (true, false));
+    open_minutes_account_for_every_view(server.http, &lake);
+}
+
+/// The open minutes (`funnel_open`, provisional) are there, and written plus open plus late views
+/// are every view sent (in `all_events`).
+fn open_minutes_account_for_every_view(http: u16, lake: &Path) {
+    let d = get_json(http, "/api/d/shop");
+    let conversion = panel(&d, "View to purchase conversion (%)");
+    assert_eq!(conversion["columns"][1], "views");
+    let views = conversion["rows"][0][1].as_f64().unwrap();
+    let open = get_json(
+        http,
+        &format!(
+            "/api/query?sql={}",
+            url_encode("SELECT count(*) AS n FROM funnel_open")
+        ),
+    );
+    assert!(
+        open["rows"][0][0].as_f64().unwrap() > 0.0,
+        "no open minutes: {open}"
+    );
+    let sent = duckdb(&format!(
+        "SELECT (SELECT count(*) FROM {} WHERE event_type = 'view') \
+              - (SELECT count(*) FROM {} WHERE output = 'funnel' AND json_extract_string(event, '$.event_type') = 'view')",
+        lake_table(lake, "all_events"),
+        lake_table(lake, "_late")
+    ));
+    assert!(close(views, num(&sent[0])), "{views} vs {sent:?}");
 }
