@@ -289,13 +289,9 @@ impl TableProvider for LiveTable {
 
 /// A session whose default schema (`datafusion.public`) is the live lake, with the
 /// information_schema on for SQL tools.
-pub fn live_session(lake: Arc<LiveLake>) -> Result<SessionContext, QueryError> {
-    live_session_with(lake, None)
-}
-
-/// [`live_session`], its queries together held to `memory` bytes (sorts and aggregates spill to
-/// disk, the rest fail with "Resources exhausted").
-pub fn live_session_with(
+/// With `memory`, its queries together are held to that many bytes (sorts and aggregates spill
+/// to disk, the rest fail with "Resources exhausted").
+pub fn live_session(
     lake: Arc<LiveLake>,
     memory: Option<usize>,
 ) -> Result<SessionContext, QueryError> {
@@ -320,7 +316,7 @@ pub fn live_session_with(
 /// A session with every table of the lake registered; returns it and the table names.
 pub async fn lake_session(lake: &str) -> Result<(SessionContext, Vec<String>), QueryError> {
     let live = Arc::new(LiveLake::new(Location::parse(lake)?));
-    let ctx = live_session(live.clone())?;
+    let ctx = live_session(live.clone(), None)?;
     live.refresh(&ctx.state()).await?;
     let tables = live.names();
     if tables.is_empty() {

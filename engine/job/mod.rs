@@ -686,7 +686,7 @@ pub fn project_root(file: &Path) -> PathBuf {
 }
 
 /// Adds "did you mean" to serde's unknown-field and unknown-variant messages.
-fn with_suggestion(message: String) -> String {
+pub(crate) fn with_suggestion(message: String) -> String {
     let Some(at) = message
         .find("unknown field `")
         .or_else(|| message.find("unknown variant `"))

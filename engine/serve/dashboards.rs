@@ -107,7 +107,8 @@ impl Dashboard {
         let mut d: Dashboard = toml::from_str(&text).map_err(|e| DashboardError::Syntax {
             file: shown.clone(),
             message: format!(
-                "{e}\nA dashboard has `title` and [[panels]] with `title`, `kind` (number, line, bar, table), `sql` and, for line and bar, `x`."
+                "{}\nA dashboard has `title` and [[panels]] with `title`, `kind` (number, line, bar, table), `sql` and, for line and bar, `x`.",
+                crate::job::with_suggestion(e.to_string()).trim_end()
             ),
         })?;
         d.name = file

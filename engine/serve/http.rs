@@ -317,20 +317,29 @@ pub fn to_json(
             _ => "text",
         })
         .collect();
-    // Decimals as f64: arrow-json writes them as strings, which no chart reads.
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Decimal32(..)
-            | DataType::Decimal64(..)
-            | DataType::Decimal128(..)
-            | DataType::Decimal256(..) => Field::new(f.name(), DataType::Float64, true),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    let json_schema = Arc::new(Schema::new(fields));
-    let mut rows = Vec::new();
+    // Columns named by position, so that equal names do not collide in the objects; decimals as
+    // f64: arrow-json writes them as strings, which no chart reads.
+    let json_schema = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let t = match f.data_type() {
+                    DataType::Decimal32(..)
+                    | DataType::Decimal64(..)
+                    | DataType::Decimal128(..)
+                    | DataType::Decimal256(..) => DataType::Float64,
+                    t => t.clone(),
+                };
+                Field::new(format!("c{i}"), t, true)
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let mut buf = Vec::new();
+    let mut w = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::JsonArray>(&mut buf);
     for b in batches {
         let columns = b
             .columns()
@@ -338,33 +347,24 @@ pub fn to_json(
             .zip(json_schema.fields())
             .map(|(c, f)| cast(c, f.data_type()))
             .collect::<Result<Vec<_>, _>>()?;
-        let b = RecordBatch::try_new(json_schema.clone(), columns)?;
-        // Columns renamed by position, so that equal names do not collide in the objects.
-        let positional = Arc::new(Schema::new(
-            json_schema
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
-                .collect::<Vec<_>>(),
-        ));
-        let b = RecordBatch::try_new(positional, b.columns().to_vec())?;
-        let mut buf = Vec::new();
-        let mut w = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
-        w.write(&b)?;
-        w.finish()?;
-        let objects: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_slice(&buf)
-            .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?;
-        for mut o in objects {
-            rows.push(
-                (0..kinds.len())
-                    .map(|i| o.remove(&format!("c{i}")).unwrap_or_default())
-                    .collect(),
-            );
-        }
+        w.write(&RecordBatch::try_new(json_schema.clone(), columns)?)?;
     }
+    w.finish()?;
+    drop(w);
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> = if buf.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&buf)
+            .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?
+    };
+    let rows = objects
+        .into_iter()
+        .map(|mut o| {
+            (0..kinds.len())
+                .map(|i| o.remove(&format!("c{i}")).unwrap_or_default())
+                .collect()
+        })
+        .collect();
     Ok(Table {
         columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
         types: kinds,

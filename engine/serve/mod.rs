@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use crate::commit::CommitRecord;
 use crate::job::Job;
 use crate::pipeline::Committed;
-use crate::query::{LiveLake, QueryError, live_session_with};
+use crate::query::{LiveLake, QueryError, live_session};
 use crate::storage::Location;
 use crate::transform::Transforms;
 use dashboards::{DashboardError, Dashboards};
@@ -139,14 +139,21 @@ pub enum Commits {
 
 /// The table of a window output's open windows: `revenue_open` for `revenue`.
 pub fn open_table(output: &str) -> String {
-    format!("{output}{OPEN_SUFFIX}")
+    format!("{output}_open")
 }
 
-/// See [`open_table`].
-pub const OPEN_SUFFIX: &str = "_open";
-
-fn empty_table(schema: SchemaRef, rows: Vec<RecordBatch>) -> Option<Arc<MemTable>> {
-    MemTable::try_new(schema, vec![rows]).ok().map(Arc::new)
+/// Puts each window output's `<output>_open` table: its rows in `open`, none if absent.
+fn put_open(
+    lake: &LiveLake,
+    windows: &BTreeMap<String, SchemaRef>,
+    open: &BTreeMap<String, Vec<RecordBatch>>,
+) {
+    for (name, schema) in windows {
+        let rows = open.get(name).cloned().unwrap_or_default();
+        if let Ok(table) = MemTable::try_new(schema.clone(), vec![rows]) {
+            lake.put(&open_table(name), Arc::new(table));
+        }
+    }
 }
 
 /// Checks the options and dashboards, binds both servers and returns their tasks; nothing is
@@ -168,7 +175,7 @@ pub async fn start(
     let lake = Arc::new(LiveLake::new(
         Location::parse(&opts.lake).map_err(QueryError::from)?,
     ));
-    let ctx = live_session_with(lake.clone(), Some(QUERY_MEMORY))?;
+    let ctx = live_session(lake.clone(), Some(QUERY_MEMORY))?;
     datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
         &ctx,
         "datafusion",
@@ -183,23 +190,14 @@ pub async fn start(
             mut commits,
             windows,
         } => {
-            for (name, schema) in &windows {
-                if let Some(t) = empty_table(schema.clone(), Vec::new()) {
-                    lake.put(&open_table(name), t);
-                }
-            }
+            put_open(&lake, &windows, &BTreeMap::new());
             let lake = lake.clone();
             tasks.spawn(async move {
                 while commits.changed().await.is_ok() {
                     let Some(c) = commits.borrow_and_update().clone() else {
                         continue;
                     };
-                    for (name, schema) in &windows {
-                        let rows = c.open.get(name).cloned().unwrap_or_default();
-                        if let Some(t) = empty_table(schema.clone(), rows) {
-                            lake.put(&open_table(name), t);
-                        }
-                    }
+                    put_open(&lake, &windows, &c.open);
                     tx.send_replace(Freshness::of(&c.record));
                 }
                 Ok(())
@@ -222,11 +220,7 @@ pub async fn start(
                 .as_ref()
                 .map(Transforms::window_outputs)
                 .unwrap_or_default();
-            for (name, schema) in &windows {
-                if let Some(t) = empty_table(schema.clone(), Vec::new()) {
-                    lake.put(&open_table(name), t);
-                }
-            }
+            put_open(&lake, &windows, &BTreeMap::new());
             // Served once the first poll is done: the first page shows the open windows.
             let (ready, first) = tokio::sync::oneshot::channel();
             tasks.spawn(poll_commits(
@@ -315,11 +309,7 @@ async fn poll_commits(
                         {
                             match open_windows(t, c, last).await {
                                 Ok(open) => {
-                                    for (name, (schema, rows)) in open {
-                                        if let Some(table) = empty_table(schema, rows) {
-                                            lake.put(&open_table(&name), table);
-                                        }
-                                    }
+                                    put_open(&lake, &t.window_outputs(), &open);
                                     shown = Some(last.batch);
                                 }
                                 Err(e) => {
@@ -364,7 +354,7 @@ async fn open_windows(
     transforms: &Transforms,
     commits: &crate::commit::ObjectCommitStore,
     last: &CommitRecord,
-) -> Result<BTreeMap<String, (SchemaRef, Vec<RecordBatch>)>, String> {
+) -> Result<BTreeMap<String, Vec<RecordBatch>>, String> {
     let windows = transforms.window_outputs();
     for (name, mark) in &last.windows {
         if !windows.contains_key(name) || mark.update {
@@ -390,11 +380,5 @@ async fn open_windows(
         .step(Vec::new(), false)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(windows
-        .into_iter()
-        .map(|(name, schema)| {
-            let rows = step.open.get(&name).cloned().unwrap_or_default();
-            (name, (schema, rows))
-        })
-        .collect())
+    Ok(step.open)
 }

@@ -247,20 +247,17 @@ struct TheSecret {
     scram: Vec<u8>,
 }
 
+impl Debug for TheSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TheSecret(..)")
+    }
+}
+
+#[derive(Debug)]
 struct Cleartext(Arc<TheSecret>);
+
+#[derive(Debug)]
 struct Scram(Arc<TheSecret>);
-
-impl Debug for Cleartext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Cleartext(..)")
-    }
-}
-
-impl Debug for Scram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scram(..)")
-    }
-}
 
 #[async_trait]
 impl AuthSource for Cleartext {
