@@ -1,9 +1,10 @@
 """A Weir job done by DuckDB, for the side-by-side benchmark: read the same JSON lines with the
 same schema, run the same transforms (every .sql file of the folder), write Parquet (zstd),
 partitioned by dt when the output has it. A transform another one reads is materialised first (when one reads another);
-the others stream straight into COPY.
+the others stream straight into COPY. The job's [models] are DuckDB functions that score whole
+Arrow vectors with onnxruntime (float32 inputs, like Weir's).
     duckdb_job.py ROOT SQL_FOLDER      (events in ROOT/data/events, output in ROOT/duck)"""
-import os, re, sys, time
+import os, re, sys, time, tomllib
 import duckdb
 
 root, folder = sys.argv[1], sys.argv[2]
@@ -16,8 +17,24 @@ start = time.time()
 con.execute(f"""
 CREATE TEMP TABLE events AS SELECT * FROM read_json('{events}', format = 'newline_delimited',
   columns = {{event_id: 'VARCHAR', event_time: 'TIMESTAMPTZ', event_type: 'VARCHAR', session_id: 'VARCHAR',
-             user_id: 'BIGINT', product_id: 'INTEGER', quantity: 'INTEGER', price: 'DECIMAL(10,2)', order_id: 'VARCHAR'}})
+             user_id: 'BIGINT', product_id: 'INTEGER', quantity: 'INTEGER', price: 'DECIMAL(10,2)', order_id: 'VARCHAR',
+             device: 'VARCHAR'}})
 """)
+job = tomllib.load(open(f"{root}/jobs/job.toml", "rb"))
+for name, spec in job.get("models", {}).items():
+    import numpy as np, onnxruntime as ort, pyarrow as pa
+    sess = ort.InferenceSession(f"{root}/{spec['path']}", providers=["CPUExecutionProvider"])
+    k = sess.get_inputs()[0].shape[1]
+    outs = [o.name for o in sess.get_outputs()]
+    out_name, index = spec.get("output", outs[0]), spec.get("index", 0)
+
+    def score(*cols, sess=sess, out_name=out_name, index=index):
+        x = np.stack([c.to_numpy(zero_copy_only=False) for c in cols], axis=1).astype(np.float32)
+        y = sess.run([out_name], {sess.get_inputs()[0].name: x})[0]
+        y = np.asarray(y, np.float64)
+        return pa.array(y[:, index] if y.ndim == 2 else y)
+
+    con.create_function(name, score, ["FLOAT"] * k, "DOUBLE", type="arrow")
 if os.path.exists(f"{root}/data/products.csv"):
     con.execute(f"CREATE TEMP TABLE products AS SELECT * FROM read_csv('{root}/data/products.csv')")
 n = con.execute("SELECT count(*) FROM events").fetchone()[0]

@@ -7,7 +7,9 @@
 #                                    stock, an update output), "perbatch" (the same SQL, every
 #                                    output emit = "batch"), or "land", the job people run first:
 #                                    every event landed (benches/land), next to a
-#                                    per-product-per-minute aggregate; "both" (default): land sample
+#                                    per-product-per-minute aggregate; "nomodels": the sample job
+#                                    with every model call replaced by NULL (what scoring costs);
+#                                    "both" (default): land sample
 #   WEIR_BENCH_RUNS=5                alternating runs of each per size
 #   WEIR_BIN=path/to/weir            measure another build instead of target/release/weir
 # Per run it prints wall, CPU seconds, CPU-s per million events and peak RSS of both processes;
@@ -42,6 +44,9 @@ project() { # project JOB N: a folder with N generated events and the job's file
     # perbatch: the same transforms, each batch's rows as they come (no state kept).
     [ "$job" = perbatch ] && sed -i -e '/^emit = /d' -e '/^window = /d' "$dir/jobs/job.toml"
     cp -r sql/ecommerce "$dir/sql/"
+    cp -r models "$dir/"
+    # nomodels: every call of a job's model replaced by a NULL score, the models dropped.
+    [ "$job" = nomodels ] && "$py" benches/strip_models.py "$dir/jobs/job.toml" "$dir/sql/ecommerce"
     echo "$dir/sql/ecommerce"
   fi
 }

@@ -1,5 +1,6 @@
 //! Per-stage benchmarks of the standard job: decode (JSON -> Arrow), transform (the ecommerce SQL),
-//! write (Parquet zstd to a local lake), and one end-to-end pipeline run.
+//! write (Parquet zstd to a local lake), one end-to-end pipeline run, and the sample models'
+//! scoring (rows scored per second, chunks of 8,192 rows).
 //! Run: cargo bench --bench stages   (events per iteration: WEIR_BENCH_EVENTS, default 100000)
 
 use std::path::PathBuf;
@@ -36,7 +37,7 @@ fn setup(n: u64) -> (tempfile::TempDir, Job) {
     .unwrap();
     std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
     std::fs::create_dir_all(dir.path().join("sql/ecommerce")).unwrap();
-    for f in ["sales", "funnel", "revenue", "stock"] {
+    for f in ["sales", "funnel", "revenue", "stock", "carts"] {
         std::fs::copy(
             repo.join(format!("sql/ecommerce/{f}.sql")),
             dir.path().join(format!("sql/ecommerce/{f}.sql")),
@@ -49,6 +50,14 @@ fn setup(n: u64) -> (tempfile::TempDir, Job) {
         .replace("64MiB", "4GiB");
     let path = dir.path().join("jobs/ecommerce.toml");
     std::fs::write(&path, job).unwrap();
+    for m in ["cart_propensity", "demand_forecast"] {
+        std::fs::create_dir_all(dir.path().join("models")).unwrap();
+        std::fs::copy(
+            repo.join(format!("models/{m}.onnx")),
+            dir.path().join(format!("models/{m}.onnx")),
+        )
+        .unwrap();
+    }
     let job = Job::load(&path).unwrap();
     (dir, job)
 }
@@ -155,5 +164,34 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+/// Rows scored per second by each sample model, one call per 8,192 rows (a DataFusion batch).
+fn models(c: &mut Criterion) {
+    use datafusion::arrow::array::{ArrayRef, Float32Array};
+    use std::sync::Arc;
+    use weir::model::{Model, ModelSpec};
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let rows = 8192;
+    let mut g = c.benchmark_group("model");
+    g.throughput(Throughput::Elements(rows as u64));
+    for (name, k) in [("cart_propensity", 4), ("demand_forecast", 3)] {
+        let spec = ModelSpec {
+            name: name.into(),
+            path: repo.join(format!("models/{name}.onnx")),
+            output: None,
+            index: 0,
+        };
+        let model = Model::load("bench", &spec).unwrap();
+        let args: Vec<ArrayRef> = (0..k)
+            .map(|j| {
+                Arc::new(Float32Array::from_iter_values(
+                    (0..rows).map(|i| ((i * (j + 3)) % 24) as f32 + 1.0),
+                )) as ArrayRef
+            })
+            .collect();
+        g.bench_function(name, |b| b.iter(|| model.score(&args).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stages, models);
 criterion_main!(benches);

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod job;
 pub mod load;
 pub mod metrics;
+pub mod model;
 pub mod pipeline;
 pub mod produce;
 pub mod query;

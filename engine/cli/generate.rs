@@ -26,6 +26,10 @@ pub struct Args {
     /// Gzip the event files.
     #[arg(long)]
     pub gzip: bool,
+    /// Days the events span, from 2025-06-01 (more days at the same number of events: a
+    /// quieter shop; models/train.py trains on 60 days).
+    #[arg(long, default_value_t = 1)]
+    pub days: u32,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -35,6 +39,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         files: args.files,
         gzip: args.gzip,
+        span: chrono::Duration::days(args.days.max(1) as i64),
         ..Default::default()
     };
     let out = args.out.clone();

@@ -43,6 +43,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         job.batch.max_bytes,
         job.batch.max_age
     );
+    for m in &transforms.models {
+        println!("  model    {}", m.describe());
+    }
     for (t, schema) in transforms.transforms.iter().zip(&transforms.schemas) {
         let cols: Vec<String> = schema
             .fields()

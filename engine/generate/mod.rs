@@ -5,6 +5,11 @@
 //! restocked first, so stock never goes negative.
 //! Events come in time order, sessions interleaved, as a shop's stream delivers them (so a window
 //! output with a small lateness sees them on time).
+//!
+//! The data holds signals a model can learn (the sample job's models are trained on it, see
+//! `models/train.py`): whether an add-to-cart is bought depends on the price, the device and the
+//! hour of day ([`purchase_probability`]), and each category sells most at its own hour of the day
+//! ([`category_cycle`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,8 +39,20 @@ const NOUNS: [(&str, &str); 12] = [
 ];
 /// Probability that a product view leads to an add-to-cart.
 const P_CART: f64 = 0.12;
-/// Probability that an add-to-cart is bought.
-const P_BUY: f64 = 0.35;
+/// Share of sessions on a phone (the rest on a desktop).
+const P_MOBILE: f64 = 0.6;
+/// Hour of day at which each category sells most.
+const CATEGORY_PEAK: [(&str, f64); 9] = [
+    ("kitchen", 8.0),
+    ("garden", 10.0),
+    ("accessories", 12.0),
+    ("apparel", 13.0),
+    ("toys", 16.0),
+    ("shoes", 17.0),
+    ("home", 20.0),
+    ("electronics", 21.0),
+    ("beauty", 22.0),
+];
 /// Probability that a purchase is refunded.
 const P_REFUND: f64 = 0.06;
 /// Stock below which a product is reordered.
@@ -115,6 +132,31 @@ pub fn products(opts: &Options) -> Vec<Product> {
         .collect()
 }
 
+/// Fractional hour of day (UTC) of `t`.
+fn hour_of_day(t: DateTime<Utc>) -> f64 {
+    use chrono::Timelike;
+    t.num_seconds_from_midnight() as f64 / 3600.0
+}
+
+/// How much of its category is viewed at an hour, relative to the category's daily mean: a
+/// daily cycle from 0.2 to 1.8 peaking at the category's hour.
+pub fn category_cycle(category: &str, hour: f64) -> f64 {
+    let peak = CATEGORY_PEAK
+        .iter()
+        .find(|(c, _)| *c == category)
+        .map_or(12.0, |(_, h)| *h);
+    1.0 + 0.8 * (std::f64::consts::TAU * (hour - peak) / 24.0).cos()
+}
+
+/// Probability that an add-to-cart is bought (35% on average): lower for dearer products and on
+/// phones, higher in the evening and for several units.
+pub fn purchase_probability(price: f64, quantity: u32, hour: f64, mobile: bool) -> f64 {
+    let logit = -0.15 - 0.9 * (price.max(1.0).ln() - 3.0) - 0.8 * f64::from(u8::from(mobile))
+        + 0.9 * (std::f64::consts::TAU * (hour - 20.0) / 24.0).cos()
+        + 0.3 * f64::from(u8::from(quantity > 1));
+    1.0 / (1.0 + (-logit).exp())
+}
+
 /// Writes `products.csv` and `events/part-NNNNN.jsonl[.gz]` under `out`.
 pub fn write(out: &Path, opts: &Options) -> std::io::Result<Generated> {
     std::fs::create_dir_all(out.join("events"))?;
@@ -176,9 +218,10 @@ pub fn write(out: &Path, opts: &Options) -> std::io::Result<Generated> {
 /// One generated event.
 struct Event {
     time: DateTime<Utc>,
-    /// Shopper events have a session and user; restocks have neither.
+    /// Shopper events have a session, user and device; restocks have none.
     session: Option<std::sync::Arc<str>>,
     user: Option<u64>,
+    device: Option<&'static str>,
     kind: &'static str,
     product: u32,
     quantity: Option<u32>,
@@ -247,11 +290,18 @@ impl EventStream {
         }
     }
 
-    /// A product, skewed so a few products get most views.
-    fn pick_product(&mut self) -> &Product {
+    /// A product viewed at `t`, skewed so a few products get most views, each category most
+    /// at its hour of the day.
+    fn pick_product(&mut self, t: DateTime<Utc>) -> &Product {
         let n = self.catalogue.len();
-        let i = ((n as f64) * self.rng.random::<f64>().powi(3)) as usize;
-        &self.catalogue[i.min(n - 1)]
+        let hour = hour_of_day(t);
+        loop {
+            let i = ((n as f64) * self.rng.random::<f64>().powi(3)) as usize;
+            let p = &self.catalogue[i.min(n - 1)];
+            if self.rng.random::<f64>() * 1.8 < category_cycle(p.category, hour) {
+                return &self.catalogue[i.min(n - 1)];
+            }
+        }
     }
 
     fn push(&mut self, e: Event) {
@@ -265,17 +315,23 @@ impl EventStream {
         let user = self.rng.random_range(1..=self.users);
         let session: std::sync::Arc<str> =
             format!("s-{:012x}", self.rng.random::<u64>() & 0xffff_ffff_ffff).into();
+        let device = if self.rng.random_bool(P_MOBILE) {
+            "mobile"
+        } else {
+            "desktop"
+        };
         let mut t = self.clock;
         let gap = -self.gap_ms * (1.0 - self.rng.random::<f64>()).ln();
         self.clock += Duration::milliseconds(gap as i64);
         let views = 1 + (-(1.0 - self.rng.random::<f64>()).ln() * 3.0) as usize;
         for _ in 0..views.min(20) {
-            let p = self.pick_product().clone();
             t += Duration::milliseconds(self.rng.random_range(2_000..60_000));
+            let p = self.pick_product(t).clone();
             self.push(Event {
                 time: t,
                 session: Some(session.clone()),
                 user: Some(user),
+                device: Some(device),
                 kind: "view",
                 product: p.id,
                 quantity: None,
@@ -295,13 +351,20 @@ impl EventStream {
                 time: t,
                 session: Some(session.clone()),
                 user: Some(user),
+                device: Some(device),
                 kind: "add_to_cart",
                 product: p.id,
                 quantity: Some(qty),
                 price_cents: p.price_cents,
                 order: None,
             });
-            if !self.rng.random_bool(P_BUY) {
+            let p_buy = purchase_probability(
+                p.price_cents as f64 / 100.0,
+                qty,
+                hour_of_day(t),
+                device == "mobile",
+            );
+            if !self.rng.random_bool(p_buy) {
                 continue;
             }
             self.orders += 1;
@@ -315,6 +378,7 @@ impl EventStream {
                 time: t,
                 session: Some(session.clone()),
                 user: Some(user),
+                device: Some(device),
                 kind: "purchase",
                 product: p.id,
                 quantity: Some(qty),
@@ -327,6 +391,7 @@ impl EventStream {
                     time: later,
                     session: Some(session.clone()),
                     user: Some(user),
+                    device: Some(device),
                     kind: "refund",
                     product: p.id,
                     quantity: Some(qty),
@@ -378,6 +443,7 @@ impl EventStream {
             time: e.time,
             session: None,
             user: None,
+            device: None,
             kind: "restock",
             product: e.product,
             quantity: Some(self.rng.random_range(50..=200)),
@@ -436,6 +502,9 @@ impl EventStream {
         );
         if let (Some(session), Some(user)) = (&e.session, e.user) {
             let _ = write!(out, r#","session_id":"{session}","user_id":{user}"#);
+        }
+        if let Some(device) = e.device {
+            let _ = write!(out, r#","device":"{device}""#);
         }
         let _ = write!(out, r#","product_id":{}"#, e.product);
         if let Some(q) = e.quantity {

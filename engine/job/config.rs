@@ -41,6 +41,9 @@ pub struct JobFile {
     /// Per-output settings, by output (transform) name.
     #[serde(default)]
     pub outputs: BTreeMap<String, OutputConfig>,
+    /// ONNX models the transforms call as SQL functions, by function name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
     /// Named targets: where data comes from and where the lake is.
     pub targets: BTreeMap<String, TargetConfig>,
     #[serde(default)]
@@ -124,6 +127,18 @@ pub struct TableConfig {
     pub path: String,
     /// "csv", "json" or "parquet"; default from the file extension.
     pub format: Option<String>,
+}
+
+/// `[models.<name>]`: an ONNX model scored by the SQL function `<name>(...)`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The `.onnx` file (relative to the project root).
+    pub path: String,
+    /// Which model output to return (default: the first).
+    pub output: Option<String>,
+    /// The column of an `[N, k]` output (default 0).
+    pub index: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

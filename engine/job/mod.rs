@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::model::ModelSpec;
 pub use crate::transform::window::WindowSpec;
 pub use config::{
     BigQueryConfig, CsvConfig, GlueConfig, InputFormat, PostgresConfig, RedshiftConfig,
@@ -146,6 +147,8 @@ pub struct Job {
     /// How long removed lake files and old state are kept (`[lake] retention`).
     pub retention: Duration,
     pub tables: Vec<DimTable>,
+    /// `[models]`: ONNX models the transforms call as SQL functions.
+    pub models: Vec<ModelSpec>,
     pub outputs: BTreeMap<String, OutputSpec>,
     pub targets: BTreeMap<String, Target>,
     pub default_target: String,
@@ -288,6 +291,37 @@ impl Job {
             });
         }
 
+        let mut models = Vec::new();
+        for (name, m) in &raw.models {
+            let valid = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return Err(bad(
+                    &format!("models.{name}"),
+                    "a model's name is the SQL function that calls it: use lower-case letters, digits and '_'".into(),
+                ));
+            }
+            let path = resolve(&m.path);
+            if !path.is_file() {
+                return Err(bad(
+                    &format!("models.{name}.path"),
+                    format!(
+                        "file {} does not exist; fix the path (relative to {}), or export the model to it (see models/train.py)",
+                        path.display(),
+                        root.display()
+                    ),
+                ));
+            }
+            models.push(ModelSpec {
+                name: name.clone(),
+                path,
+                output: m.output.clone(),
+                index: m.index.unwrap_or(0),
+            });
+        }
+
         let mut outputs = BTreeMap::new();
         for (name, o) in &raw.outputs {
             let target_file_size = units::parse_bytes(
@@ -423,6 +457,7 @@ impl Job {
             batch,
             retention,
             tables,
+            models,
             outputs,
             targets,
             default_target,

@@ -60,6 +60,8 @@ pub enum TransformError {
         file: String,
         source: DataFusionError,
     },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     #[error("{file}: running on batch: {source}")]
     Execute {
         file: String,
@@ -114,6 +116,8 @@ pub struct Transforms {
     pub transforms: Vec<Transform>,
     /// Output schemas, in execution order.
     pub schemas: Vec<SchemaRef>,
+    /// The job's models, callable as SQL functions.
+    pub models: Vec<Arc<crate::model::Model>>,
     /// Window outputs: their window, and its column's position among the GROUP BY keys.
     windows: BTreeMap<String, (WindowSpec, usize)>,
     /// Update outputs: their key columns (one per GROUP BY key, in order).
@@ -155,6 +159,9 @@ impl Transforms {
     /// Loads the SQL files, dimension tables and plans everything against the declared schema.
     pub async fn load(job: &Job) -> Result<Self, TransformError> {
         let ctx = session();
+        let shown = job.file.display().to_string();
+        let models = crate::model::load_all(&shown, &job.models)?;
+        crate::model::register(&ctx, &shown, &models)?;
         for dim in &job.tables {
             register_dimension(&ctx, dim).await?;
         }
@@ -179,6 +186,7 @@ impl Transforms {
             events_schema,
             transforms,
             schemas: Vec::new(),
+            models,
             windows: BTreeMap::new(),
             updates: BTreeMap::new(),
             time_column: job.input.time_column.clone(),
@@ -753,6 +761,15 @@ fn sql_error(file: &Path, sql: &str, e: DataFusionError) -> TransformError {
             .unwrap_or_default();
         at = format!(":{line}:{col}");
     }
+    if at.is_empty()
+        && let Some((line, col)) = function_call(&message, sql)
+    {
+        // Argument errors of a function (a model's, say) carry no position: point at the call.
+        at = format!(":{line}:{col}");
+        if let Some(text) = sql.lines().nth(line - 1) {
+            message = format!("{message}\n  | {text}\n  | {}^", " ".repeat(col - 1));
+        }
+    }
     if message.contains("table") && message.contains("not found") {
         message.push_str(
             "\n  hint: transforms can read `events`, the job's [tables], and other transforms by file name",
@@ -763,6 +780,29 @@ fn sql_error(file: &Path, sql: &str, e: DataFusionError) -> TransformError {
         at,
         message,
     }
+}
+
+/// Where the function a message names ("Function 'f' ...") is first called in `sql`, as 1-based
+/// line and column.
+fn function_call(message: &str, sql: &str) -> Option<(usize, usize)> {
+    let name = message.split("Function '").nth(1)?.split('\'').next()?;
+    let lower = name.to_ascii_lowercase();
+    sql.lines().enumerate().find_map(|(i, line)| {
+        let text = line.to_ascii_lowercase();
+        let mut from = 0;
+        while let Some(at) = text[from..].find(&lower) {
+            let start = from + at;
+            let before = text[..start].chars().next_back();
+            let after = text[start + lower.len()..].trim_start();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && after.starts_with('(')
+            {
+                return Some((i + 1, start + 1));
+            }
+            from = start + lower.len();
+        }
+        None
+    })
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ impl Project {
         std::fs::create_dir_all(root.join("jobs")).unwrap();
         std::fs::create_dir_all(root.join("sql")).unwrap();
         copy_dir(&repo().join("sql/ecommerce"), &root.join("sql/ecommerce"));
+        copy_dir(&repo().join("models"), &root.join("models"));
         let job = std::fs::read_to_string(repo().join("jobs/ecommerce.toml")).unwrap();
         let job = replace_section(&job, "[batch]", batch);
         std::fs::write(root.join("jobs/ecommerce.toml"), job).unwrap();

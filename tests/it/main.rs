@@ -7,6 +7,7 @@ mod delta;
 mod ecommerce;
 mod errors;
 mod kinesis;
+mod models;
 mod serve;
 mod updates;
 mod warehouses;

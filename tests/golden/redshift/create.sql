@@ -11,6 +11,19 @@ CREATE TABLE IF NOT EXISTS "analytics"."_weir_loads" (
     PRIMARY KEY (lake_id, job, table_name, batch)
 );
 
+CREATE TABLE IF NOT EXISTS "analytics"."carts" (
+    "event_id" varchar(65535),
+    "event_time" timestamp with time zone,
+    "session_id" varchar(65535),
+    "user_id" bigint,
+    "product_id" integer,
+    "quantity" integer,
+    "price" numeric(10,2),
+    "device" varchar(65535),
+    "propensity" double precision,
+    "dt" date
+);
+
 CREATE TABLE IF NOT EXISTS "analytics"."funnel" (
     "product_id" integer,
     "minute" timestamp with time zone,
@@ -52,5 +65,7 @@ CREATE TABLE IF NOT EXISTS "analytics"."stock" (
     "stock_at_snapshot" bigint,
     "stock_left" bigint,
     "low_stock" boolean,
-    "last_movement" timestamp with time zone
+    "last_movement" timestamp with time zone,
+    "units_per_hour" double precision,
+    "hours_of_cover" double precision
 );

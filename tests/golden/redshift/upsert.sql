@@ -15,7 +15,7 @@ MANIFEST
 REGION 'eu-west-1';
 
 DELETE FROM "analytics"."stock" USING "_weir_stage_stock" WHERE "stock"."product_id" = "_weir_stage_stock"."product_id";
-INSERT INTO "analytics"."stock" ("product_id", "name", "category", "units_sold", "units_restocked", "stock_at_snapshot", "stock_left", "low_stock", "last_movement") SELECT "product_id", "name", "category", "units_sold", "units_restocked", "stock_at_snapshot", "stock_left", "low_stock", "last_movement" FROM "_weir_stage_stock" WHERE NOT COALESCE("_weir_deleted", FALSE);
+INSERT INTO "analytics"."stock" ("product_id", "name", "category", "units_sold", "units_restocked", "stock_at_snapshot", "stock_left", "low_stock", "last_movement", "units_per_hour", "hours_of_cover") SELECT "product_id", "name", "category", "units_sold", "units_restocked", "stock_at_snapshot", "stock_left", "low_stock", "last_movement", "units_per_hour", "hours_of_cover" FROM "_weir_stage_stock" WHERE NOT COALESCE("_weir_deleted", FALSE);
 DROP TABLE "_weir_stage_stock";
 
 INSERT INTO "analytics"."_weir_loads" (lake_id, job, table_name, batch, row_count, file_count, loaded_at) VALUES ('0123456789abcdef0123456789abcdef', 'ecommerce', 'stock', 42, 57, 1, TIMESTAMP '2025-06-02 10:00:00.000000');

@@ -1,0 +1,708 @@
+//! The `ai.onnx.ml` operators tract 0.23 lacks and ordinary scikit-learn exports contain, registered
+//! with tract's ONNX parser from here: `Scaler` (every skl2onnx `StandardScaler`/`MinMaxScaler`),
+//! `TreeEnsembleRegressor` (gradient boosting, random forests, decision trees) and `ZipMap` (the
+//! dictionary of class probabilities at the end of every skl2onnx classifier, passed through as
+//! the `[N, classes]` tensor it is made from). Each follows the ONNX-ML specification and is
+//! checked against onnxruntime by the integration tests.
+
+use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+
+/// The operators Weir adds (TreeEnsembleClassifier replaces tract's, whose leaf lookup scans
+/// the whole leaf table for every tree of every row).
+pub const ADDED: [&str; 4] = [
+    "Scaler",
+    "TreeEnsembleRegressor",
+    "TreeEnsembleClassifier",
+    "ZipMap",
+];
+
+/// Registers Weir's operators with a tract ONNX parser.
+pub fn register(reg: &mut OnnxOpRegister) {
+    reg.insert("Scaler", scaler);
+    reg.insert("TreeEnsembleRegressor", tree_regressor);
+    reg.insert("TreeEnsembleClassifier", tree_classifier);
+    reg.insert("ZipMap", zipmap);
+}
+
+type Built = TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+// ---- Scaler: Y = (X - offset) * scale, per column (or one value for all), as float ----
+
+#[derive(Debug, Clone)]
+struct Scaler {
+    /// f32, shape [1, C] (or [1, 1]).
+    offset: Arc<Tensor>,
+    scale: Arc<Tensor>,
+}
+
+fn scaler(_ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let row = |name: &str| -> TractResult<Arc<Tensor>> {
+        let v: Vec<f32> = node
+            .get_attr_opt_vec(name)?
+            .unwrap_or_else(|| vec![if name == "scale" { 1.0 } else { 0.0 }]);
+        Ok(Tensor::from_shape(&[1, v.len()], &v)?.into_arc_tensor())
+    };
+    Ok((
+        expand(Scaler {
+            offset: row("offset")?,
+            scale: row("scale")?,
+        }),
+        vec![],
+    ))
+}
+
+impl Expansion for Scaler {
+    fn name(&self) -> StaticName {
+        "Scaler".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let mut x = inputs[0];
+        if model.outlet_fact(x)?.datum_type != f32::datum_type() {
+            x = model.wire_node(
+                format!("{prefix}.to_f32"),
+                tract_core::ops::cast::cast(f32::datum_type()),
+                &[x],
+            )?[0];
+        }
+        let offset = model.add_const(format!("{prefix}.offset"), self.offset.clone())?;
+        let scale = model.add_const(format!("{prefix}.scale"), self.scale.clone())?;
+        let centred = model.wire_node(
+            format!("{prefix}.sub"),
+            tract_core::ops::math::sub(),
+            &[x, offset],
+        )?[0];
+        model.wire_node(
+            format!("{prefix}.mul"),
+            tract_core::ops::math::mul(),
+            &[centred, scale],
+        )
+    }
+}
+
+// ---- ZipMap: the [N, C] probabilities it would turn into a list of maps ----
+
+#[derive(Debug, Clone)]
+struct ZipMap;
+
+fn zipmap(_ctx: &ParsingContext, _node: &NodeProto) -> Built {
+    Ok((expand(ZipMap), vec![]))
+}
+
+impl Expansion for ZipMap {
+    fn name(&self) -> StaticName {
+        "ZipMap".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        _prefix: &str,
+        _model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        Ok(inputs.into())
+    }
+}
+
+// ---- TreeEnsembleRegressor: Weir's own forest evaluator ----
+//
+// tract's tree evaluator (`tract_onnx_opl::ml::tree`) finds a leaf's weights by skipping through
+// the whole leaf table for every tree of every row: a 150-tree forest took 100 s for 20,000
+// rows in a debug build. This one keeps each leaf's weights as a slice range.
+
+/// A forest as flat arrays; thresholds kept as bits so the op can be compared and hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Forest {
+    /// Root node of each tree.
+    roots: Vec<u32>,
+    /// Internal node: feature, threshold bits, mode, NaN goes true, true child, false child.
+    /// Leaf: `mode == LEAF`, its weights `weights[first..end]` in the child fields.
+    nodes: Vec<TreeNode>,
+    /// (target, weight bits).
+    weights: Vec<(u32, u32)>,
+    targets: usize,
+    aggregate: Aggregate,
+    /// The highest feature index a node reads.
+    max_feature: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TreeNode {
+    feature: u32,
+    threshold: u32,
+    mode: u8,
+    nan_true: bool,
+    a: u32,
+    b: u32,
+}
+
+const LEAF: u8 = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Aggregate {
+    Sum,
+    Average,
+    Min,
+    Max,
+}
+
+impl Forest {
+    /// Adds up (or averages, or takes the min/max of) each target over the trees, for one row.
+    fn score(&self, row: &[f32], out: &mut [f64], seen: &mut [bool]) {
+        out.fill(0.0);
+        seen.fill(false);
+        for &root in &self.roots {
+            let mut n = &self.nodes[root as usize];
+            while n.mode != LEAF {
+                let v = row[n.feature as usize];
+                let t = f32::from_bits(n.threshold);
+                let yes = if v.is_nan() {
+                    n.nan_true
+                } else {
+                    match n.mode {
+                        1 => v <= t,
+                        2 => v < t,
+                        3 => v >= t,
+                        4 => v > t,
+                        5 => v == t,
+                        _ => v != t,
+                    }
+                };
+                n = &self.nodes[if yes { n.a } else { n.b } as usize];
+            }
+            for &(target, w) in &self.weights[n.a as usize..n.b as usize] {
+                let (t, w) = (target as usize, f64::from(f32::from_bits(w)));
+                out[t] = match (self.aggregate, seen[t]) {
+                    (Aggregate::Min, true) => out[t].min(w),
+                    (Aggregate::Max, true) => out[t].max(w),
+                    (Aggregate::Min | Aggregate::Max, false) => w,
+                    _ => out[t] + w,
+                };
+                seen[t] = true;
+            }
+        }
+        if self.aggregate == Aggregate::Average {
+            let trees = self.roots.len() as f64;
+            out.iter_mut().for_each(|v| *v /= trees);
+        }
+    }
+}
+
+/// The forest as a tract operator: `[N, features]` in, `[N, targets]` f32 out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ForestOp {
+    forest: Arc<Forest>,
+}
+
+impl Op for ForestOp {
+    fn name(&self) -> StaticName {
+        "WeirTreeEnsemble".into()
+    }
+
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for ForestOp {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = inputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| format_err!("the forest takes one input"))?;
+        let input = input.cast_to::<f32>()?;
+        let view = input.to_plain_array_view::<f32>()?;
+        let rows = view.shape()[0];
+        let features = view.shape().get(1).copied().unwrap_or(1);
+        ensure!(
+            features > self.forest.max_feature,
+            "the forest reads feature {} but the input has {features}",
+            self.forest.max_feature
+        );
+        let x: Vec<f32> = view.iter().copied().collect();
+        let t = self.forest.targets;
+        let mut out = vec![0f32; rows * t];
+        let (mut acc, mut seen) = (vec![0f64; t], vec![false; t]);
+        for (row, o) in x.chunks_exact(features).zip(out.chunks_exact_mut(t)) {
+            self.forest.score(row, &mut acc, &mut seen);
+            for (o, a) in o.iter_mut().zip(&acc) {
+                *o = *a as f32;
+            }
+        }
+        Ok(tvec!(Tensor::from_shape(&[rows, t], &out)?.into_tvalue()))
+    }
+
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(self.eval(&EvalContext::out_of_plan(), inputs)?))
+    }
+}
+
+impl TypedOp for ForestOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let n = inputs[0].shape[0].clone();
+        Ok(tvec!(f32::fact([n, self.forest.targets.to_dim()])))
+    }
+
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+}
+
+/// A float attribute list, from `name` or `name_as_tensor` (the ai.onnx.ml 3 double form).
+fn floats(node: &NodeProto, name: &str) -> TractResult<Option<Vec<f32>>> {
+    if let Some(v) = node.get_attr_opt_vec::<f32>(name)? {
+        return Ok(Some(v));
+    }
+    let tensor_name = format!("{name}_as_tensor");
+    match node.attribute.iter().find(|a| a.name == tensor_name) {
+        Some(a) => {
+            let t =
+                a.t.as_ref()
+                    .ok_or_else(|| format_err!("attribute {tensor_name} holds no tensor"))?;
+            let t =
+                tract_onnx::tensor::load_tensor(&*tract_onnx::data_resolver::default(), t, None)?;
+            let t = t.cast_to::<f32>()?;
+            Ok(Some(
+                t.to_plain_array_view::<f32>()?.iter().copied().collect(),
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Parses the node, leaf and weight attributes shared by the tree ensemble operators
+/// (`prefix` "target" for a regressor, "class" for a classifier).
+fn forest(node: &NodeProto, prefix: &str, targets: usize, aggregate: &str) -> TractResult<Forest> {
+    let aggregate = match aggregate {
+        "SUM" => Aggregate::Sum,
+        "AVERAGE" => Aggregate::Average,
+        "MIN" => Aggregate::Min,
+        "MAX" => Aggregate::Max,
+        other => bail!("aggregate_function {other} is not one of SUM, AVERAGE, MIN, MAX"),
+    };
+    let ints = |name: &str| -> TractResult<Vec<usize>> {
+        Ok(node
+            .get_attr_slice::<i64>(name)?
+            .iter()
+            .map(|&v| v as usize)
+            .collect())
+    };
+    let node_ids = ints("nodes_nodeids")?;
+    let n = node_ids.len();
+    node.expect_attr("nodes_nodeids", n != 0, "at least one node")?;
+    let per_node = |name: &str| -> TractResult<Vec<usize>> {
+        let v = ints(name)?;
+        node.expect_attr(name, v.len() == n, "one per node")?;
+        Ok(v)
+    };
+    let tree_ids = per_node("nodes_treeids")?;
+    let features = per_node("nodes_featureids")?;
+    let trues = per_node("nodes_truenodeids")?;
+    let falses = per_node("nodes_falsenodeids")?;
+    let values = floats(node, "nodes_values")?.unwrap_or_else(|| vec![0.0; n]);
+    node.expect_attr("nodes_values", values.len() == n, "one per node")?;
+    let nan_true: Vec<bool> = node
+        .get_attr_opt_slice::<i64>("nodes_missing_value_tracks_true")?
+        .map(|v| v.iter().map(|&b| b != 0).collect())
+        .unwrap_or_else(|| vec![false; n]);
+    node.expect_attr(
+        "nodes_missing_value_tracks_true",
+        nan_true.len() == n,
+        "one per node",
+    )?;
+    let modes: Vec<u8> = node
+        .get_attr_tvec::<&str>("nodes_modes")?
+        .iter()
+        .map(|m| {
+            Ok(match *m {
+                "LEAF" => LEAF,
+                "BRANCH_LEQ" => 1,
+                "BRANCH_LT" => 2,
+                "BRANCH_GTE" => 3,
+                "BRANCH_GT" => 4,
+                "BRANCH_EQ" => 5,
+                "BRANCH_NEQ" => 6,
+                other => bail!("node mode {other} is not supported"),
+            })
+        })
+        .collect::<TractResult<_>>()?;
+    node.expect_attr("nodes_modes", modes.len() == n, "one per node")?;
+
+    let leaf_nodes = ints(&format!("{prefix}_nodeids"))?;
+    let leaf_trees = ints(&format!("{prefix}_treeids"))?;
+    let leaf_targets = ints(&format!("{prefix}_ids"))?;
+    let leaf_weights = floats(node, &format!("{prefix}_weights"))?.unwrap_or_default();
+    let leaves = leaf_nodes.len();
+    node.expect_attr(
+        &format!("{prefix}_weights"),
+        leaf_trees.len() == leaves && leaf_targets.len() == leaves && leaf_weights.len() == leaves,
+        "one per leaf weight",
+    )?;
+    node.expect_attr(
+        &format!("{prefix}_ids"),
+        leaf_targets.iter().all(|&t| t < targets),
+        || format!("below the number of {prefix}s ({targets})"),
+    )?;
+
+    // Nodes by (tree, id); children are ids in the same tree.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (tree_ids[i], node_ids[i]));
+    let index: std::collections::HashMap<(usize, usize), u32> = order
+        .iter()
+        .enumerate()
+        .map(|(at, &i)| ((tree_ids[i], node_ids[i]), at as u32))
+        .collect();
+    let mut weights_of: std::collections::HashMap<(usize, usize), Vec<(u32, u32)>> =
+        Default::default();
+    for l in 0..leaves {
+        weights_of
+            .entry((leaf_trees[l], leaf_nodes[l]))
+            .or_default()
+            .push((leaf_targets[l] as u32, leaf_weights[l].to_bits()));
+    }
+    let child = |tree: usize, id: usize, attr: &str| -> TractResult<u32> {
+        index
+            .get(&(tree, id))
+            .copied()
+            .ok_or_else(|| format_err!("{attr}: node {id} of tree {tree} does not exist"))
+    };
+    let (mut nodes, mut weights, mut roots) = (Vec::with_capacity(n), Vec::new(), Vec::new());
+    let mut last_tree = None;
+    for &i in &order {
+        let tree = tree_ids[i];
+        if last_tree != Some(tree) {
+            last_tree = Some(tree);
+            // A tree's root is its lowest node id (skl2onnx: 0).
+            roots.push(nodes.len() as u32);
+        }
+        nodes.push(if modes[i] == LEAF {
+            let first = weights.len() as u32;
+            if let Some(w) = weights_of.get(&(tree, node_ids[i])) {
+                weights.extend_from_slice(w);
+            }
+            TreeNode {
+                feature: 0,
+                threshold: 0,
+                mode: LEAF,
+                nan_true: false,
+                a: first,
+                b: weights.len() as u32,
+            }
+        } else {
+            TreeNode {
+                feature: features[i] as u32,
+                threshold: values[i].to_bits(),
+                mode: modes[i],
+                nan_true: nan_true[i],
+                a: child(tree, trues[i], "nodes_truenodeids")?,
+                b: child(tree, falses[i], "nodes_falsenodeids")?,
+            }
+        });
+    }
+    let max_feature = (0..n)
+        .filter(|&i| modes[i] != LEAF)
+        .map(|i| features[i])
+        .max()
+        .unwrap_or(0);
+    Ok(Forest {
+        roots,
+        nodes,
+        weights,
+        targets,
+        aggregate,
+        max_feature,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct TreeRegressor {
+    forest: Arc<Forest>,
+    /// f32 [1, n_targets], added to the aggregated scores.
+    base: Option<Arc<Tensor>>,
+}
+
+fn tree_regressor(_ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let targets: usize = node.get_attr_opt("n_targets")?.unwrap_or(1);
+    let post: String = node
+        .get_attr_opt("post_transform")?
+        .unwrap_or_else(|| "NONE".to_string());
+    if post != "NONE" {
+        bail!("TreeEnsembleRegressor: post_transform {post} is not supported (only NONE)");
+    }
+    let aggregate: String = node
+        .get_attr_opt("aggregate_function")?
+        .unwrap_or_else(|| "SUM".to_string());
+    let forest = forest(node, "target", targets, &aggregate)?;
+    let base = floats(node, "base_values")?
+        .map(|b| -> TractResult<Arc<Tensor>> {
+            node.expect_attr("base_values", b.len() == targets, "one per target")?;
+            Ok(Tensor::from_shape(&[1, targets], &b)?.into_arc_tensor())
+        })
+        .transpose()?;
+    Ok((
+        expand(TreeRegressor {
+            forest: Arc::new(forest),
+            base,
+        }),
+        vec![],
+    ))
+}
+
+impl Expansion for TreeRegressor {
+    fn name(&self) -> StaticName {
+        "TreeEnsembleRegressor".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].rank, 2)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[0].shape[1], self.forest.targets.to_dim())?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let mut scores = model.wire_node(
+            format!("{prefix}.trees"),
+            ForestOp {
+                forest: self.forest.clone(),
+            },
+            inputs,
+        )?;
+        if let Some(base) = &self.base {
+            let base = model.add_const(format!("{prefix}.base"), base.clone())?;
+            scores = model.wire_node(
+                format!("{prefix}.base_values"),
+                tract_core::ops::math::add(),
+                &[scores[0], base],
+            )?;
+        }
+        Ok(scores)
+    }
+}
+
+// ---- TreeEnsembleClassifier: the same forest, then tract's classifier post-processing ----
+
+#[derive(Debug, Clone)]
+struct TreeClassifier {
+    forest: Arc<Forest>,
+    labels: Arc<Tensor>,
+    /// f32 [1, classes].
+    base: Option<Arc<Tensor>>,
+    post: Post,
+    /// A two-class model whose leaves all vote for class 0 (gradient boosting): its score is
+    /// class 1's, and class 0 gets the complement (as onnxruntime does).
+    binary: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Post {
+    None,
+    Logistic,
+    Softmax,
+}
+
+fn tree_classifier(_ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let labels = match (
+        node.get_attr_opt_slice::<i64>("classlabels_int64s")?,
+        node.get_attr_opt_tvec::<&str>("classlabels_strings")?,
+    ) {
+        (Some(ints), None) => rctensor1(ints),
+        (None, Some(strs)) => rctensor1(&strs.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        _ => bail!("TreeEnsembleClassifier needs one of classlabels_int64s, classlabels_strings"),
+    };
+    let classes = labels.len();
+    let forest = forest(node, "class", classes, "SUM")?;
+    let post: String = node
+        .get_attr_opt("post_transform")?
+        .unwrap_or_else(|| "NONE".to_string());
+    let post = match post.as_str() {
+        "NONE" => Post::None,
+        "LOGISTIC" => Post::Logistic,
+        "SOFTMAX" => Post::Softmax,
+        other => bail!("TreeEnsembleClassifier: post_transform {other} is not supported"),
+    };
+    let binary = classes == 2 && forest.weights.iter().all(|(class, _)| *class == 0);
+    // In the binary layout only class 1's score is computed: its base value is the first.
+    let base = floats(node, "base_values")?
+        .map(|b| -> TractResult<Arc<Tensor>> {
+            let b = if binary { &b[..1.min(b.len())] } else { &b[..] };
+            node.expect_attr(
+                "base_values",
+                b.len() == if binary { 1 } else { classes },
+                "one per class",
+            )?;
+            Ok(Tensor::from_shape(&[1, b.len()], b)?.into_arc_tensor())
+        })
+        .transpose()?;
+    Ok((
+        expand(TreeClassifier {
+            forest: Arc::new(forest),
+            labels,
+            base,
+            post,
+            binary,
+        }),
+        vec![],
+    ))
+}
+
+impl Expansion for TreeClassifier {
+    fn name(&self) -> StaticName {
+        "TreeEnsembleClassifier".into()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(2)
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 2)?;
+        s.equals(&outputs[0].datum_type, self.labels.datum_type())?;
+        s.equals(&outputs[1].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].rank, 1)?;
+        s.equals(&outputs[1].rank, 2)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[1].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[1].shape[1], self.labels.len().to_dim())?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        use tract_core::ops::array::Slice;
+        use tract_core::ops::nn::{Reduce, Reducer};
+        let mut scores = model.wire_node(
+            format!("{prefix}.trees"),
+            ForestOp {
+                forest: self.forest.clone(),
+            },
+            inputs,
+        )?;
+        if self.binary {
+            // Class 1's score is the one the trees add up.
+            scores = model.wire_node(format!("{prefix}.score"), Slice::new(1, 0, 1), &scores)?;
+        }
+        if let Some(base) = &self.base {
+            let base = model.add_const(format!("{prefix}.base"), base.clone())?;
+            scores = model.wire_node(
+                format!("{prefix}.base_values"),
+                tract_core::ops::math::add(),
+                &[scores[0], base],
+            )?;
+        }
+        match self.post {
+            Post::None => {}
+            Post::Logistic => {
+                scores = model.wire_node(
+                    format!("{prefix}.logistic"),
+                    tract_core::ops::nn::sigmoid(),
+                    &scores,
+                )?;
+            }
+            Post::Softmax => {
+                scores = tract_onnx::tract_hir::ops::nn::LayerSoftmax::new(1, false).wire(
+                    &format!("{prefix}.softmax"),
+                    model,
+                    &scores,
+                )?;
+            }
+        }
+        if self.binary {
+            let one = model.add_const(format!("{prefix}.one"), rctensor2(&[[1f32]]))?;
+            let other = model.wire_node(
+                format!("{prefix}.complement"),
+                tract_core::ops::math::sub(),
+                &[one, scores[0]],
+            )?;
+            scores = model.wire_node(
+                format!("{prefix}.both"),
+                tract_core::ops::array::TypedConcat::new(1),
+                &[other[0], scores[0]],
+            )?;
+        }
+        let winner = model.wire_node(
+            format!("{prefix}.argmax"),
+            Reduce::new(tvec!(1), Reducer::ArgMax(false)),
+            &scores,
+        )?;
+        let winner = model.wire_node(
+            format!("{prefix}.rm_axis"),
+            tract_core::ops::change_axes::AxisOp::Rm(1),
+            &winner,
+        )?;
+        let winner = model.wire_node(
+            format!("{prefix}.as_i32"),
+            tract_core::ops::cast::cast(i32::datum_type()),
+            &winner,
+        )?;
+        let labels = model.wire_node(
+            format!("{prefix}.labels"),
+            tract_onnx_opl::ml::DirectLookup::new(
+                self.labels.clone(),
+                Tensor::zero_dt(self.labels.datum_type(), &[])?.into_arc_tensor(),
+            )?,
+            &winner,
+        )?[0];
+        Ok(tvec!(labels, scores[0]))
+    }
+}
