@@ -3,7 +3,8 @@
 # machine does not already run:
 #   .venv             Python venv: DuckDB (independent reader), boto3 + aws_kinesis_agg
 #                     (independent producers), moto (S3/Glue/DynamoDB stand-in), psycopg and
-#                     playwright (drives chromium) for weir serve
+#                     playwright (drives chromium) for weir serve, onnxruntime + scikit-learn +
+#                     skl2onnx (the models test's oracle and the pipelines it trains)
 #   .stand-ins/       kinesalite (npm) for Kinesis
 #   chromium, psql    Debian packages (apt) for the dashboard and PostgreSQL endpoint tests
 #   .venv-bigquery    Python 3.13 venv: the local-bigquery emulator (DuckDB 1.5.5 + its extensions)
@@ -27,7 +28,7 @@ if ! cmp -s tests/requirements.txt "$venv/.requirements"; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt >&2
   cp tests/requirements.txt "$venv/.requirements"
 fi
-"$venv/bin/python" -c 'import duckdb, boto3, aws_kinesis_agg, moto, deltalake, psycopg, playwright' \
+"$venv/bin/python" -c 'import duckdb, boto3, aws_kinesis_agg, moto, deltalake, psycopg, playwright, onnxruntime, skl2onnx, sklearn' \
   || { echo "setup: the test venv is broken; delete $venv and run again" >&2; exit 1; }
 
 # A real browser for the dashboard test, and psql for the PostgreSQL endpoint's: Debian's packages.
