@@ -1,8 +1,10 @@
-//! The `ai.onnx.ml` operators tract 0.23 lacks and ordinary scikit-learn exports contain, registered
-//! with tract's ONNX parser from here: `Scaler` (every skl2onnx `StandardScaler`/`MinMaxScaler`),
-//! `TreeEnsembleRegressor` (gradient boosting, random forests, decision trees) and `ZipMap` (the
-//! dictionary of class probabilities at the end of every skl2onnx classifier, passed through as
-//! the `[N, classes]` tensor it is made from). Each follows the ONNX-ML specification and is
+//! The `ai.onnx.ml` operators tract 0.23 lacks (or runs too slowly) and ordinary scikit-learn
+//! exports contain, registered with tract's ONNX parser from here: `Scaler` (every skl2onnx
+//! `StandardScaler`/`MinMaxScaler`), `TreeEnsembleRegressor` and `TreeEnsembleClassifier`
+//! (gradient boosting, random forests, decision trees: one forest evaluator, [`Forest`]) and
+//! `ZipMap` (the dictionary of class probabilities at the end of every skl2onnx classifier, passed
+//! through as the `[N, classes]` tensor it is made from). Each follows onnxruntime where the
+//! ONNX-ML specification leaves room, refuses at load what it does not do the same way, and is
 //! checked against onnxruntime by the integration tests.
 
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
@@ -145,7 +147,7 @@ impl Expansion for ZipMap {
 
 /// A forest as flat arrays; thresholds kept as bits so the op can be compared and hashed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Forest {
+struct Forest {
     /// Root node of each tree.
     roots: Vec<u32>,
     /// Internal node: feature, threshold bits, mode, NaN goes true, true child, false child.
@@ -272,8 +274,19 @@ impl EvalOp for ForestOp {
 
 impl TypedOp for ForestOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let n = inputs[0].shape[0].clone();
-        Ok(tvec!(f32::fact([n, self.forest.targets.to_dim()])))
+        let shape = &inputs[0].shape;
+        ensure!(shape.rank() == 2, "a tree ensemble takes [N, features]");
+        if let Ok(features) = shape[1].to_usize() {
+            ensure!(
+                features > self.forest.max_feature,
+                "the trees read feature {} but the input has {features}",
+                self.forest.max_feature
+            );
+        }
+        Ok(tvec!(f32::fact([
+            shape[0].clone(),
+            self.forest.targets.to_dim()
+        ])))
     }
 
     fn as_op(&self) -> &dyn Op {
@@ -384,14 +397,30 @@ fn forest(node: &NodeProto, prefix: &str, targets: usize, aggregate: &str) -> Tr
     // Nodes by (tree, id); children are ids in the same tree.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| (tree_ids[i], node_ids[i]));
-    let index: std::collections::HashMap<(usize, usize), u32> = order
-        .iter()
-        .enumerate()
-        .map(|(at, &i)| ((tree_ids[i], node_ids[i]), at as u32))
-        .collect();
+    let mut index: std::collections::HashMap<(usize, usize), u32> = Default::default();
+    for (at, &i) in order.iter().enumerate() {
+        if index
+            .insert((tree_ids[i], node_ids[i]), at as u32)
+            .is_some()
+        {
+            bail!(
+                "node {} of tree {} is listed twice",
+                node_ids[i],
+                tree_ids[i]
+            );
+        }
+    }
     let mut weights_of: std::collections::HashMap<(usize, usize), Vec<(u32, u32)>> =
         Default::default();
     for l in 0..leaves {
+        match index.get(&(leaf_trees[l], leaf_nodes[l])) {
+            Some(&at) if modes[order[at as usize]] == LEAF => {}
+            _ => bail!(
+                "a {prefix} weight is on node {} of tree {}, which is not a LEAF node",
+                leaf_nodes[l],
+                leaf_trees[l]
+            ),
+        }
         weights_of
             .entry((leaf_trees[l], leaf_nodes[l]))
             .or_default()
@@ -403,15 +432,10 @@ fn forest(node: &NodeProto, prefix: &str, targets: usize, aggregate: &str) -> Tr
             .copied()
             .ok_or_else(|| format_err!("{attr}: node {id} of tree {tree} does not exist"))
     };
-    let (mut nodes, mut weights, mut roots) = (Vec::with_capacity(n), Vec::new(), Vec::new());
-    let mut last_tree = None;
+    let mut nodes = Vec::with_capacity(n);
+    let mut weights = Vec::new();
     for &i in &order {
         let tree = tree_ids[i];
-        if last_tree != Some(tree) {
-            last_tree = Some(tree);
-            // A tree's root is its lowest node id (skl2onnx: 0).
-            roots.push(nodes.len() as u32);
-        }
         nodes.push(if modes[i] == LEAF {
             let first = weights.len() as u32;
             if let Some(w) = weights_of.get(&(tree, node_ids[i])) {
@@ -436,6 +460,53 @@ fn forest(node: &NodeProto, prefix: &str, targets: usize, aggregate: &str) -> Tr
             }
         });
     }
+    // Each tree: exactly one node no other node points to (its root), and every node reached
+    // once from it (no cycle, no node shared by two branches, none left over).
+    let mut pointed = vec![false; n];
+    for node in nodes.iter().filter(|n| n.mode != LEAF) {
+        pointed[node.a as usize] = true;
+        pointed[node.b as usize] = true;
+    }
+    let mut roots = Vec::new();
+    let mut seen = vec![false; n];
+    let mut start = 0;
+    while start < n {
+        let tree = tree_ids[order[start]];
+        let end = start
+            + order[start..]
+                .iter()
+                .take_while(|&&i| tree_ids[i] == tree)
+                .count();
+        let tree_roots: Vec<usize> = (start..end).filter(|&at| !pointed[at]).collect();
+        let [root] = tree_roots.as_slice() else {
+            bail!(
+                "tree {tree} has {} nodes that no other node points to; a tree has one root",
+                tree_roots.len()
+            );
+        };
+        let mut stack = vec![*root];
+        while let Some(at) = stack.pop() {
+            if std::mem::replace(&mut seen[at], true) {
+                bail!(
+                    "tree {tree} reaches node {} twice (a cycle or a shared node)",
+                    node_ids[order[at]]
+                );
+            }
+            let node = &nodes[at];
+            if node.mode != LEAF {
+                stack.extend([node.a as usize, node.b as usize]);
+            }
+        }
+        roots.push(*root as u32);
+        start = end;
+    }
+    if let Some(at) = seen.iter().position(|s| !s) {
+        bail!(
+            "node {} of tree {} is not reached from its tree's root",
+            node_ids[order[at]],
+            tree_ids[order[at]]
+        );
+    }
     let max_feature = (0..n)
         .filter(|&i| modes[i] != LEAF)
         .map(|i| features[i])
@@ -451,38 +522,81 @@ fn forest(node: &NodeProto, prefix: &str, targets: usize, aggregate: &str) -> Tr
     })
 }
 
+/// `base_values`: `n` floats, or none.
+fn base_values(node: &NodeProto, n: usize) -> TractResult<Option<Vec<f32>>> {
+    let base = floats(node, "base_values")?;
+    if let Some(b) = &base {
+        node.expect_attr("base_values", b.len() == n, || {
+            format!("{n} values (one per output column)")
+        })?;
+    }
+    Ok(base)
+}
+
+/// `post_transform`, of those Weir runs.
+fn post_transform(node: &NodeProto, allowed: &[Post]) -> TractResult<Post> {
+    let post: String = node
+        .get_attr_opt("post_transform")?
+        .unwrap_or_else(|| "NONE".to_string());
+    let post = match post.as_str() {
+        "NONE" => Post::None,
+        "LOGISTIC" => Post::Logistic,
+        "SOFTMAX" => Post::Softmax,
+        other => bail!("post_transform {other} is not supported"),
+    };
+    ensure!(
+        allowed.contains(&post),
+        "post_transform {post:?} is not supported here"
+    );
+    Ok(post)
+}
+
+/// The forest's scores, `[N, columns]`, plus `base` when given.
+fn wire_forest(
+    prefix: &str,
+    model: &mut TypedModel,
+    inputs: &[OutletId],
+    forest: &Arc<Forest>,
+    base: Option<&[f32]>,
+) -> TractResult<TVec<OutletId>> {
+    let scores = model.wire_node(
+        format!("{prefix}.trees"),
+        ForestOp {
+            forest: forest.clone(),
+        },
+        inputs,
+    )?;
+    match base {
+        None => Ok(scores),
+        Some(b) => {
+            let b = model.add_const(
+                format!("{prefix}.base"),
+                Tensor::from_shape(&[1, b.len()], b)?.into_arc_tensor(),
+            )?;
+            model.wire_node(
+                format!("{prefix}.base_values"),
+                tract_core::ops::math::add(),
+                &[scores[0], b],
+            )
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct TreeRegressor {
     forest: Arc<Forest>,
-    /// f32 [1, n_targets], added to the aggregated scores.
-    base: Option<Arc<Tensor>>,
+    base: Option<Vec<f32>>,
 }
 
 fn tree_regressor(_ctx: &ParsingContext, node: &NodeProto) -> Built {
     let targets: usize = node.get_attr_opt("n_targets")?.unwrap_or(1);
-    let post: String = node
-        .get_attr_opt("post_transform")?
-        .unwrap_or_else(|| "NONE".to_string());
-    if post != "NONE" {
-        bail!("TreeEnsembleRegressor: post_transform {post} is not supported (only NONE)");
-    }
+    post_transform(node, &[Post::None])?;
     let aggregate: String = node
         .get_attr_opt("aggregate_function")?
         .unwrap_or_else(|| "SUM".to_string());
-    let forest = forest(node, "target", targets, &aggregate)?;
-    let base = floats(node, "base_values")?
-        .map(|b| -> TractResult<Arc<Tensor>> {
-            node.expect_attr("base_values", b.len() == targets, "one per target")?;
-            Ok(Tensor::from_shape(&[1, targets], &b)?.into_arc_tensor())
-        })
-        .transpose()?;
-    Ok((
-        expand(TreeRegressor {
-            forest: Arc::new(forest),
-            base,
-        }),
-        vec![],
-    ))
+    let forest = Arc::new(forest(node, "target", targets, &aggregate)?);
+    let base = base_values(node, targets)?;
+    Ok((expand(TreeRegressor { forest, base }), vec![]))
 }
 
 impl Expansion for TreeRegressor {
@@ -511,37 +625,17 @@ impl Expansion for TreeRegressor {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let mut scores = model.wire_node(
-            format!("{prefix}.trees"),
-            ForestOp {
-                forest: self.forest.clone(),
-            },
-            inputs,
-        )?;
-        if let Some(base) = &self.base {
-            let base = model.add_const(format!("{prefix}.base"), base.clone())?;
-            scores = model.wire_node(
-                format!("{prefix}.base_values"),
-                tract_core::ops::math::add(),
-                &[scores[0], base],
-            )?;
-        }
-        Ok(scores)
+        wire_forest(prefix, model, inputs, &self.forest, self.base.as_deref())
     }
 }
 
-// ---- TreeEnsembleClassifier: the same forest, then tract's classifier post-processing ----
+// ---- TreeEnsembleClassifier: the same forest, class scores as onnxruntime computes them ----
 
 #[derive(Debug, Clone)]
 struct TreeClassifier {
     forest: Arc<Forest>,
     labels: Arc<Tensor>,
-    /// f32 [1, classes].
-    base: Option<Arc<Tensor>>,
-    post: Post,
-    /// A two-class model whose leaves all vote for class 0 (gradient boosting): its score is
-    /// class 1's, and class 0 gets the complement (as onnxruntime does).
-    binary: bool,
+    layout: Layout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -549,6 +643,24 @@ enum Post {
     None,
     Logistic,
     Softmax,
+}
+
+/// How the class scores come out of the trees (onnxruntime's rules, fixed when the model loads).
+#[derive(Debug, Clone)]
+enum Layout {
+    /// A score per class, plus its base value, then the post transform over all of them.
+    Classes { base: Option<Vec<f32>>, post: Post },
+    /// Two classes, every vote for class 0 (skl2onnx's gradient boosting): one score `s` (plus
+    /// the one base value), and the classes get `[1 - s, s]` when every weight is positive,
+    /// `[logistic(-s), logistic(s)]` under LOGISTIC, `[-s, s]` otherwise.
+    Binary { base: Option<f32>, scores: Binary },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Binary {
+    Complement,
+    Logistic,
+    Negated,
 }
 
 fn tree_classifier(_ctx: &ParsingContext, node: &NodeProto) -> Built {
@@ -562,35 +674,40 @@ fn tree_classifier(_ctx: &ParsingContext, node: &NodeProto) -> Built {
     };
     let classes = labels.len();
     let forest = forest(node, "class", classes, "SUM")?;
-    let post: String = node
-        .get_attr_opt("post_transform")?
-        .unwrap_or_else(|| "NONE".to_string());
-    let post = match post.as_str() {
-        "NONE" => Post::None,
-        "LOGISTIC" => Post::Logistic,
-        "SOFTMAX" => Post::Softmax,
-        other => bail!("TreeEnsembleClassifier: post_transform {other} is not supported"),
+    let post = post_transform(node, &[Post::None, Post::Logistic, Post::Softmax])?;
+    let voted: std::collections::BTreeSet<u32> = forest.weights.iter().map(|w| w.0).collect();
+    let layout = if classes == 2 && voted.len() == 1 {
+        ensure!(
+            voted.contains(&0),
+            "a two-class forest whose votes are all for class 1 is not supported"
+        );
+        let base = floats(node, "base_values")?.unwrap_or_default();
+        ensure!(
+            base.len() <= 1,
+            "a two-class forest voting for one class takes at most one base value (onnxruntime reads two differently)"
+        );
+        let positive = forest.weights.iter().all(|w| f32::from_bits(w.1) >= 0.0);
+        Layout::Binary {
+            base: base.first().copied(),
+            scores: match (positive, post) {
+                (true, _) => Binary::Complement,
+                (false, Post::Logistic) => Binary::Logistic,
+                (false, _) => Binary::Negated,
+            },
+        }
+    } else {
+        let base = base_values(node, classes)?;
+        ensure!(
+            classes != 2 || base.is_none(),
+            "base_values on a two-class forest voting for both classes is not supported (onnxruntime reads them its own way)"
+        );
+        Layout::Classes { base, post }
     };
-    let binary = classes == 2 && forest.weights.iter().all(|(class, _)| *class == 0);
-    // In the binary layout only class 1's score is computed: its base value is the first.
-    let base = floats(node, "base_values")?
-        .map(|b| -> TractResult<Arc<Tensor>> {
-            let b = if binary { &b[..1.min(b.len())] } else { &b[..] };
-            node.expect_attr(
-                "base_values",
-                b.len() == if binary { 1 } else { classes },
-                "one per class",
-            )?;
-            Ok(Tensor::from_shape(&[1, b.len()], b)?.into_arc_tensor())
-        })
-        .transpose()?;
     Ok((
         expand(TreeClassifier {
             forest: Arc::new(forest),
             labels,
-            base,
-            post,
-            binary,
+            layout,
         }),
         vec![],
     ))
@@ -629,57 +746,63 @@ impl Expansion for TreeClassifier {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        use tract_core::ops::array::Slice;
-        use tract_core::ops::nn::{Reduce, Reducer};
-        let mut scores = model.wire_node(
-            format!("{prefix}.trees"),
-            ForestOp {
-                forest: self.forest.clone(),
-            },
-            inputs,
-        )?;
-        if self.binary {
-            // Class 1's score is the one the trees add up.
-            scores = model.wire_node(format!("{prefix}.score"), Slice::new(1, 0, 1), &scores)?;
-        }
-        if let Some(base) = &self.base {
-            let base = model.add_const(format!("{prefix}.base"), base.clone())?;
-            scores = model.wire_node(
-                format!("{prefix}.base_values"),
-                tract_core::ops::math::add(),
-                &[scores[0], base],
-            )?;
-        }
-        match self.post {
-            Post::None => {}
-            Post::Logistic => {
-                scores = model.wire_node(
-                    format!("{prefix}.logistic"),
-                    tract_core::ops::nn::sigmoid(),
-                    &scores,
-                )?;
+        use tract_core::ops::array::{Slice, TypedConcat};
+        use tract_core::ops::math::{mul, sub};
+        use tract_core::ops::nn::{Reduce, Reducer, sigmoid};
+        let scores = match &self.layout {
+            Layout::Classes { base, post } => {
+                let scores = wire_forest(prefix, model, inputs, &self.forest, base.as_deref())?;
+                match post {
+                    Post::None => scores,
+                    Post::Logistic => {
+                        model.wire_node(format!("{prefix}.logistic"), sigmoid(), &scores)?
+                    }
+                    Post::Softmax => tract_onnx::tract_hir::ops::nn::LayerSoftmax::new(1, false)
+                        .wire(&format!("{prefix}.softmax"), model, &scores)?,
+                }
             }
-            Post::Softmax => {
-                scores = tract_onnx::tract_hir::ops::nn::LayerSoftmax::new(1, false).wire(
-                    &format!("{prefix}.softmax"),
-                    model,
-                    &scores,
-                )?;
+            Layout::Binary { base, scores } => {
+                let all = wire_forest(prefix, model, inputs, &self.forest, None)?;
+                let mut s =
+                    model.wire_node(format!("{prefix}.score"), Slice::new(1, 0, 1), &all)?;
+                if let Some(b) = base {
+                    let b = model.add_const(format!("{prefix}.base"), rctensor2(&[[*b]]))?;
+                    s = model.wire_node(
+                        format!("{prefix}.base_value"),
+                        tract_core::ops::math::add(),
+                        &[s[0], b],
+                    )?;
+                }
+                let (negative, positive) = match scores {
+                    Binary::Complement => {
+                        let one = model.add_const(format!("{prefix}.one"), rctensor2(&[[1f32]]))?;
+                        let neg =
+                            model.wire_node(format!("{prefix}.complement"), sub(), &[one, s[0]])?;
+                        (neg[0], s[0])
+                    }
+                    Binary::Logistic | Binary::Negated => {
+                        let minus =
+                            model.add_const(format!("{prefix}.minus"), rctensor2(&[[-1f32]]))?;
+                        let neg =
+                            model.wire_node(format!("{prefix}.negated"), mul(), &[minus, s[0]])?;
+                        if *scores == Binary::Logistic {
+                            let n =
+                                model.wire_node(format!("{prefix}.logistic0"), sigmoid(), &neg)?;
+                            let p =
+                                model.wire_node(format!("{prefix}.logistic1"), sigmoid(), &s)?;
+                            (n[0], p[0])
+                        } else {
+                            (neg[0], s[0])
+                        }
+                    }
+                };
+                model.wire_node(
+                    format!("{prefix}.both"),
+                    TypedConcat::new(1),
+                    &[negative, positive],
+                )?
             }
-        }
-        if self.binary {
-            let one = model.add_const(format!("{prefix}.one"), rctensor2(&[[1f32]]))?;
-            let other = model.wire_node(
-                format!("{prefix}.complement"),
-                tract_core::ops::math::sub(),
-                &[one, scores[0]],
-            )?;
-            scores = model.wire_node(
-                format!("{prefix}.both"),
-                tract_core::ops::array::TypedConcat::new(1),
-                &[other[0], scores[0]],
-            )?;
-        }
+        };
         let winner = model.wire_node(
             format!("{prefix}.argmax"),
             Reduce::new(tvec!(1), Reducer::ArgMax(false)),

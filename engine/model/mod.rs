@@ -99,11 +99,6 @@ fn parser() -> tract_onnx::Onnx {
         .with_ignore_output_shapes(true)
 }
 
-/// The `ai.onnx.ml` operators Weir adds to tract's (see the README's list).
-pub fn added_operators() -> &'static [&'static str] {
-    &ml::ADDED
-}
-
 impl Model {
     /// Loads and checks `spec` (`job` names the job file in errors).
     pub fn load(job: &str, spec: &ModelSpec) -> Result<Self, ModelError> {
@@ -253,30 +248,26 @@ impl Model {
         let typed = model
             .into_typed()
             .and_then(|m| m.into_decluttered())
-            .map_err(|e| fail(format!("tract cannot type the model: {e:#}")))?;
+            .map_err(|e| {
+                fail(format!(
+                    "tract cannot type the model: {e:#}; export it with a variable first (batch) dimension, e.g. skl2onnx FloatTensorType([None, {features}]) or a tf2onnx input_signature of shape [None, {features}]"
+                ))
+            })?;
         let fact = typed
             .output_fact(0)
             .map_err(|e| fail(format!("{e:#}")))?
             .clone();
-        let width = match fact
-            .shape
-            .as_concrete()
-            .map(|s| s.len())
-            .unwrap_or(fact.rank())
-        {
-            1 => 1,
-            2 => match fact.shape[1].to_usize() {
-                Ok(w) => w,
-                Err(_) => {
-                    return Err(fail(format!(
-                        "output {output} has shape {:?}; its column count must be fixed",
-                        fact.shape
-                    )));
-                }
-            },
+        // [N] or [N, k] with k fixed: one score per row.
+        let width = match fact.rank() {
+            1 => Some(1),
+            2 => fact.shape[1].to_usize().ok(),
+            _ => None,
+        };
+        let width = match width {
+            Some(w) if w > 0 && fact.shape[0] == n.to_dim() => w,
             _ => {
                 return Err(fail(format!(
-                    "output {output} has shape {:?}; Weir reads [N] or [N, k] outputs",
+                    "output {output} has shape {:?}; Weir reads [N] or [N, k] outputs (one row per input row, k fixed): choose another with `output`",
                     fact.shape
                 )));
             }
@@ -299,7 +290,11 @@ impl Model {
         let plan = typed
             .into_optimized()
             .and_then(|m| m.into_runnable())
-            .map_err(|e| fail(format!("tract cannot plan the model: {e:#}")))?;
+            .map_err(|e| {
+                fail(format!(
+                    "tract cannot plan the model: {e:#}; if it runs in onnxruntime, report the operator named here"
+                ))
+            })?;
         Ok(Self {
             name: spec.name.clone(),
             file: spec.path.clone(),
@@ -372,13 +367,24 @@ impl Model {
             let n = self.chunk.min(rows - start);
             stacked.clear();
             for row in start..start + n {
-                // A null's slot holds some value; its score is masked out below.
-                stacked.extend(columns.iter().map(|c| c.values()[row]));
+                // A null's slot gets 0 (the model runs on every row); its score is masked below.
+                stacked.extend(columns.iter().map(|c| {
+                    if c.is_null(row) {
+                        A::Native::default()
+                    } else {
+                        c.values()[row]
+                    }
+                }));
             }
             let input = Tensor::from_shape(&[n, k], &stacked)?;
             let out = self.plan.run(tvec!(input.into_tvalue()))?;
             let out = out[0].cast_to::<f64>()?;
             let view = out.to_plain_array_view::<f64>()?;
+            anyhow::ensure!(
+                view.shape().first() == Some(&n),
+                "the model returned {:?} for {n} rows",
+                view.shape()
+            );
             if view.ndim() == 1 {
                 scores.extend(view.iter().copied());
             } else {
@@ -474,9 +480,10 @@ impl ScalarUDFImpl for ModelFunction {
         for (i, t) in args.iter().enumerate() {
             if !(t.is_numeric() || matches!(t, DataType::Boolean | DataType::Null)) {
                 return plan_err!(
-                    "argument {} of {} is {t}, but the model takes numbers: turn it into one in SQL (e.g. CASE WHEN device = 'mobile' THEN 1 ELSE 0 END, or a CAST)",
+                    "argument {} of {} is {t}, but the model ({}) takes numbers: turn it into one in SQL (e.g. CASE WHEN device = 'mobile' THEN 1 ELSE 0 END, or a CAST)",
                     i + 1,
-                    m.name
+                    m.name,
+                    m.file.display()
                 );
             }
         }

@@ -188,3 +188,169 @@ async fn sql_calls_cast_their_arguments_and_are_checked_when_planned() {
     let e = err("SELECT cart_propensity(price, quantity, 20, device) FROM t").await;
     assert!(e.contains("argument 4 of cart_propensity is Utf8"), "{e}");
 }
+
+/// A TreeEnsembleRegressor model over two features, built by hand: tree 0 has node ids 5, 6, 7
+/// (root 5: feature 0 <= 1, NaN goes true; leaves 10 and 20), tree 1 node ids 0, 1, 2 (root 0:
+/// feature 1 > 0.5; leaves 1 and 3).
+fn forest_model(
+    dir: &std::path::Path,
+    aggregate: &str,
+    base: Option<f32>,
+    modes: [&str; 6],
+) -> ModelSpec {
+    use tract_onnx::pb::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+        TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+    };
+    let ints = |name: &str, v: &[i64]| AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let floats = |name: &str, v: &[f32]| AttributeProto {
+        name: name.into(),
+        r#type: 6,
+        floats: v.to_vec(),
+        ..Default::default()
+    };
+    let tensor = |name: &str, dims: Vec<tensor_shape_proto::dimension::Value>| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .into_iter()
+                        .map(|d| tensor_shape_proto::Dimension {
+                            value: Some(d),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    use tensor_shape_proto::dimension::Value::{DimParam, DimValue};
+    let mut attributes = vec![
+        ints("nodes_treeids", &[0, 0, 0, 1, 1, 1]),
+        ints("nodes_nodeids", &[6, 5, 7, 0, 1, 2]),
+        ints("nodes_featureids", &[0, 0, 0, 1, 0, 0]),
+        floats("nodes_values", &[0.0, 1.0, 0.0, 0.5, 0.0, 0.0]),
+        ints("nodes_truenodeids", &[0, 6, 0, 1, 0, 0]),
+        ints("nodes_falsenodeids", &[0, 7, 0, 2, 0, 0]),
+        ints("nodes_missing_value_tracks_true", &[0, 1, 0, 0, 0, 0]),
+        AttributeProto {
+            name: "nodes_modes".into(),
+            r#type: 8,
+            strings: modes.iter().map(|m| m.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        },
+        ints("target_treeids", &[0, 0, 1, 1]),
+        ints("target_nodeids", &[6, 7, 1, 2]),
+        ints("target_ids", &[0, 0, 0, 0]),
+        floats("target_weights", &[10.0, 20.0, 1.0, 3.0]),
+        AttributeProto {
+            name: "aggregate_function".into(),
+            r#type: 3,
+            s: aggregate.as_bytes().to_vec(),
+            ..Default::default()
+        },
+    ];
+    if let Some(b) = base {
+        attributes.push(floats("base_values", &[b]));
+    }
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: String::new(),
+                version: 15,
+            },
+            OperatorSetIdProto {
+                domain: "ai.onnx.ml".into(),
+                version: 3,
+            },
+        ],
+        graph: Some(GraphProto {
+            name: "forest".into(),
+            node: vec![NodeProto {
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                op_type: "TreeEnsembleRegressor".into(),
+                domain: "ai.onnx.ml".into(),
+                attribute: attributes,
+                ..Default::default()
+            }],
+            input: vec![tensor("x", vec![DimParam("N".into()), DimValue(2)])],
+            output: vec![tensor("y", vec![DimParam("N".into()), DimValue(1)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let path = dir.join(format!("forest-{aggregate}-{}.onnx", modes[3]));
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    ModelSpec {
+        name: "forest".into(),
+        path,
+        output: None,
+        index: 0,
+    }
+}
+
+#[test]
+fn hand_built_forests_follow_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = "LEAF";
+    let modes = [leaf, "BRANCH_LEQ", leaf, "BRANCH_GT", leaf, leaf];
+    let rows: Vec<ArrayRef> = vec![
+        Arc::new(Float32Array::from(vec![0.5, 2.0, f32::NAN, 1.0])),
+        Arc::new(Float32Array::from(vec![1.0, 0.0, 0.0, 0.5])),
+    ];
+    let scores = |aggregate: &str, base: Option<f32>, modes: [&str; 6]| -> Vec<f64> {
+        Model::load(
+            "job.toml",
+            &forest_model(dir.path(), aggregate, base, modes),
+        )
+        .unwrap()
+        .score(&rows)
+        .unwrap()
+        .values()
+        .to_vec()
+    };
+    // Row 1: 0.5 <= 1 -> 10, 1.0 > 0.5 -> 1. Row 2: 20 and 3. Row 3: NaN goes true -> 10, and 3.
+    // Row 4: 1.0 <= 1 -> 10; 0.5 > 0.5 is false -> 3.
+    assert_eq!(scores("SUM", None, modes), [11.0, 23.0, 13.0, 13.0]);
+    assert_eq!(
+        scores("SUM", Some(100.0), modes),
+        [111.0, 123.0, 113.0, 113.0]
+    );
+    assert_eq!(scores("AVERAGE", None, modes), [5.5, 11.5, 6.5, 6.5]);
+    assert_eq!(scores("MIN", None, modes), [1.0, 3.0, 3.0, 3.0]);
+    assert_eq!(scores("MAX", None, modes), [10.0, 20.0, 10.0, 10.0]);
+    let gte = [leaf, "BRANCH_LEQ", leaf, "BRANCH_GTE", leaf, leaf];
+    assert_eq!(scores("SUM", None, gte), [11.0, 23.0, 13.0, 11.0]);
+
+    // A leaf of tree 1 turned into a branch back to its root: refused when the model loads.
+    let mut cyclic = forest_model(dir.path(), "SUM", None, modes);
+    let mut proto =
+        tract_onnx::pb::ModelProto::decode(std::fs::read(&cyclic.path).unwrap().as_slice())
+            .unwrap();
+    for a in &mut proto.graph.as_mut().unwrap().node[0].attribute {
+        match a.name.as_str() {
+            "nodes_modes" => a.strings[4] = b"BRANCH_LEQ".to_vec(),
+            "nodes_truenodeids" => a.ints[4] = 0,
+            "nodes_falsenodeids" => a.ints[4] = 2,
+            _ => {}
+        }
+    }
+    cyclic.path = dir.path().join("cyclic.onnx");
+    std::fs::write(&cyclic.path, proto.encode_to_vec()).unwrap();
+    let e = refusal(&cyclic);
+    assert!(
+        e.contains("tract cannot read the model") && e.contains("tree 1"),
+        "{e}"
+    );
+}

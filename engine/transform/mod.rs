@@ -782,22 +782,26 @@ fn sql_error(file: &Path, sql: &str, e: DataFusionError) -> TransformError {
     }
 }
 
-/// Where the function a message names ("Function 'f' ...") is first called in `sql`, as 1-based
-/// line and column.
+/// Where the function a message names ("Function 'f' ...") is first called in `sql` outside a
+/// `--` comment, as 1-based line and column (in characters).
 fn function_call(message: &str, sql: &str) -> Option<(usize, usize)> {
     let name = message.split("Function '").nth(1)?.split('\'').next()?;
+    if name.is_empty() {
+        return None;
+    }
     let lower = name.to_ascii_lowercase();
     sql.lines().enumerate().find_map(|(i, line)| {
-        let text = line.to_ascii_lowercase();
+        let code = line.split("--").next().unwrap_or_default();
+        let text = code.to_ascii_lowercase();
         let mut from = 0;
         while let Some(at) = text[from..].find(&lower) {
             let start = from + at;
             let before = text[..start].chars().next_back();
             let after = text[start + lower.len()..].trim_start();
-            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            if !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '"' || c == '\'')
                 && after.starts_with('(')
             {
-                return Some((i + 1, start + 1));
+                return Some((i + 1, code[..start].chars().count() + 1));
             }
             from = start + lower.len();
         }

@@ -100,3 +100,15 @@ async fn cycles_and_bad_partition_columns_are_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn function_errors_point_at_the_call() {
+    let msg = "Function 'gbr' user-defined coercion failed with: ...";
+    let sql =
+        "-- gbr(a) in a comment\nSELECT 'café', gbr_x(a), \"gbr\"(b),\n  GBR (a, b) AS s FROM t";
+    assert_eq!(super::function_call(msg, sql), Some((3, 3)));
+    let sql = "SELECT 'café', gbr(a) FROM t";
+    assert_eq!(super::function_call(msg, sql), Some((1, 16)));
+    assert_eq!(super::function_call("Function '' failed", sql), None);
+    assert_eq!(super::function_call("no function here", sql), None);
+}

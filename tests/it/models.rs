@@ -46,6 +46,17 @@ path = "models/forest.onnx"
 output = "output_probability"
 index = 2
 
+[models.forest2]
+path = "models/forest2.onnx"
+output = "output_probability"
+index = 1
+
+[models.rfr]
+path = "models/rfr.onnx"
+
+[models.minmax]
+path = "models/minmax.onnx"
+
 [models.cart_propensity]
 path = "REPO/models/cart_propensity.onnx"
 
@@ -63,6 +74,9 @@ const SQL: &str = "SELECT id,
     gbr(a, b, c, d) AS gbr,
     gbc(a, b, c, d) AS gbc,
     forest(a, b, c, d) AS forest,
+    forest2(a, b, c, d) AS forest2,
+    rfr(a, b, c, d) AS rfr,
+    minmax(a, b, c, d) AS minmax,
     cart_propensity(a, b, floor(c), d) AS propensity,
     demand_forecast(b, floor(c), a) AS demand
 FROM events
@@ -104,32 +118,25 @@ fn scores_equal_onnxruntime() {
         true,
     );
     let lake = root.join("lake");
-    let got = duckdb(&format!(
-        "SELECT id, logreg, mlp, gbr, gbc, forest, propensity, demand FROM {} ORDER BY id",
-        lake_table(&lake, "scores")
-    ));
     let expected = std::fs::read_to_string(root.join("expected.csv")).unwrap();
-    let expected: BTreeMap<u64, Vec<Option<f64>>> = expected
-        .lines()
-        .skip(1)
+    let mut lines = expected.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').skip(1).collect();
+    let expected: BTreeMap<u64, Vec<Option<f64>>> = lines
         .map(|l| {
             let mut f = l.split(',');
             let id = f.next().unwrap().parse().unwrap();
             (id, f.map(parse).collect())
         })
         .collect();
+    let got = duckdb(&format!(
+        "SELECT id, {} FROM {} ORDER BY id",
+        header.join(", "),
+        lake_table(&lake, "scores")
+    ));
     assert_eq!(got.len(), 20_000);
-    let names = [
-        "logreg",
-        "mlp",
-        "gbr",
-        "gbc",
-        "forest",
-        "propensity",
-        "demand",
-    ];
-    let mut worst = [0f64; 7];
-    let mut nulls = [0usize; 7];
+    let names = &header;
+    let mut worst = vec![0f64; names.len()];
+    let mut nulls = vec![0usize; names.len()];
     for line in &got {
         let mut f = line.split(',');
         let id: u64 = f.next().unwrap().parse().unwrap();

@@ -18,11 +18,11 @@ from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor,
-                              RandomForestClassifier)
-from sklearn.linear_model import LogisticRegression
+                              RandomForestClassifier, RandomForestRegressor)
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 out, repo = sys.argv[1], sys.argv[2]
 os.makedirs(os.path.join(out, "models"), exist_ok=True)
@@ -48,6 +48,12 @@ pipelines = {
     "gbc": GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0).fit(X, y_cls),
     "forest": RandomForestClassifier(n_estimators=30, max_depth=6, random_state=0).fit(
         X, np.digitize(y_reg, np.quantile(y_reg, [0.33, 0.66]))),
+    # two classes, votes for both, no base values
+    "forest2": RandomForestClassifier(n_estimators=20, max_depth=5, random_state=0).fit(X, y_cls),
+    # TreeEnsembleRegressor with aggregate_function AVERAGE
+    "rfr": RandomForestRegressor(n_estimators=20, max_depth=6, random_state=0).fit(X, y_reg),
+    # MinMaxScaler -> Scaler, LinearRegression -> LinearRegressor
+    "minmax": make_pipeline(MinMaxScaler(), LinearRegression()).fit(X, y_reg),
 }
 sessions = {}
 for name, model in pipelines.items():
@@ -120,6 +126,9 @@ scores = {
     "gbr": run(sessions["gbr"], feats, 0, 0),
     "gbc": run(sessions["gbc"], feats, 1, 1),
     "forest": run(sessions["forest"], feats, 1, 2),
+    "forest2": run(sessions["forest2"], feats, 1, 1),
+    "rfr": run(sessions["rfr"], feats, 0, 0),
+    "minmax": run(sessions["minmax"], feats, 0, 0),
     # the committed TensorFlow model: [price, quantity, hour, is_mobile]
     "propensity": run(sample("cart_propensity"),
                       np.stack([feats[:, 0], feats[:, 1], hour, feats[:, 3]], axis=1), 0, 0),
@@ -128,8 +137,8 @@ scores = {
                   np.stack([feats[:, 1], hour, feats[:, 0]], axis=1), 0, 0),
 }
 null_any = null_a | null_d
-nulls = {"logreg": null_any, "mlp": null_any, "gbr": null_any, "gbc": null_any,
-         "forest": null_any, "propensity": null_any, "demand": null_a}
+nulls = {name: null_any for name in scores}
+nulls["demand"] = null_a
 with open(os.path.join(out, "expected.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["id"] + list(scores))
