@@ -29,10 +29,14 @@ for name, spec in job.get("models", {}).items():
     out_name, index = spec.get("output", outs[0]), spec.get("index", 0)
 
     def score(*cols, sess=sess, out_name=out_name, index=index):
-        x = np.stack([c.to_numpy(zero_copy_only=False) for c in cols], axis=1).astype(np.float32)
-        y = sess.run([out_name], {sess.get_inputs()[0].name: x})[0]
+        # Like Weir: nulls scored as 0, their scores NULL.
+        null = np.zeros(len(cols[0]), bool)
+        for c in cols:
+            null |= c.is_null().to_numpy(zero_copy_only=False)
+        x = np.stack([c.fill_null(0).to_numpy(zero_copy_only=False) for c in cols], axis=1)
+        y = sess.run([out_name], {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
         y = np.asarray(y, np.float64)
-        return pa.array(y[:, index] if y.ndim == 2 else y)
+        return pa.array(y[:, index] if y.ndim == 2 else y, mask=null)
 
     con.create_function(name, score, ["FLOAT"] * k, "DOUBLE", type="arrow")
 if os.path.exists(f"{root}/data/products.csv"):
