@@ -21,24 +21,31 @@ CREATE TEMP TABLE events AS SELECT * FROM read_json('{events}', format = 'newlin
              device: 'VARCHAR'}})
 """)
 job = tomllib.load(open(f"{root}/jobs/job.toml", "rb"))
-for name, spec in job.get("models", {}).items():
+def model_function(path, output, index):
+    """A vectorised DuckDB function scoring with onnxruntime; like Weir, nulls scored as 0, their
+    scores NULL."""
     import numpy as np, onnxruntime as ort, pyarrow as pa
-    sess = ort.InferenceSession(f"{root}/{spec['path']}", providers=["CPUExecutionProvider"])
-    k = sess.get_inputs()[0].shape[1]
-    outs = [o.name for o in sess.get_outputs()]
-    out_name, index = spec.get("output", outs[0]), spec.get("index", 0)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = output or sess.get_outputs()[0].name
 
-    def score(*cols, sess=sess, out_name=out_name, index=index):
-        # Like Weir: nulls scored as 0, their scores NULL.
+    def score(*cols):
         null = np.zeros(len(cols[0]), bool)
         for c in cols:
             null |= c.is_null().to_numpy(zero_copy_only=False)
-        x = np.stack([c.fill_null(0).to_numpy(zero_copy_only=False) for c in cols], axis=1)
-        y = sess.run([out_name], {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
-        y = np.asarray(y, np.float64)
+        x = np.stack([c.cast(pa.float32()).fill_null(0).to_numpy(zero_copy_only=False)
+                      for c in cols], axis=1)
+        y = np.asarray(sess.run([name], {sess.get_inputs()[0].name: x.astype(np.float32)})[0], np.float64)
         return pa.array(y[:, index] if y.ndim == 2 else y, mask=null)
 
-    con.create_function(name, score, ["FLOAT"] * k, "DOUBLE", type="arrow")
+    k = sess.get_inputs()[0].shape[1]
+    args = ", ".join(f"x{i}" for i in range(k))  # DuckDB counts a Python function's parameters
+    return eval(f"lambda {args}: score({args})", {"score": score}), k
+
+
+for name, spec in job.get("models", {}).items():
+    score, k = model_function(f"{root}/{spec['path']}", spec.get("output"), spec.get("index", 0))
+    # Any argument types (DuckDB does not cast a boolean to FLOAT): the function casts, as Weir.
+    con.create_function(name, score, None, "DOUBLE", type="arrow")
 if os.path.exists(f"{root}/data/products.csv"):
     con.execute(f"CREATE TEMP TABLE products AS SELECT * FROM read_csv('{root}/data/products.csv')")
 n = con.execute("SELECT count(*) FROM events").fetchone()[0]
