@@ -21,9 +21,10 @@ def strip(text):
 for f in os.listdir(folder):
     if f.endswith(".sql"):
         path = os.path.join(folder, f)
-        open(path, "w").write(strip(open(path).read()))
+        text = strip(open(path).read())
+        open(path, "w").write(text)
 lines, skip = [], False
-for line in open(job_file):
+for line in open(job_file).readlines():
     if line.startswith("["):
         skip = line.startswith("[models.")
     if not skip:
