@@ -159,6 +159,9 @@ struct Forest {
     aggregate: Aggregate,
     /// The highest feature index a node reads.
     max_feature: usize,
+    /// Every branch is `BRANCH_LEQ` with NaN going false (scikit-learn's trees): one comparison
+    /// per node, no mode to look at.
+    leq_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,6 +191,13 @@ impl Forest {
         seen.fill(false);
         for &root in &self.roots {
             let mut n = &self.nodes[root as usize];
+            if self.leq_only {
+                // NaN <= t is false: the false branch, as nan_true = false asks.
+                while n.mode != LEAF {
+                    let yes = row[n.feature as usize] <= f32::from_bits(n.threshold);
+                    n = &self.nodes[if yes { n.a } else { n.b } as usize];
+                }
+            }
             while n.mode != LEAF {
                 let v = row[n.feature as usize];
                 let t = f32::from_bits(n.threshold);
@@ -512,6 +522,9 @@ fn forest(node: &NodeProto, prefix: &str, targets: usize, aggregate: &str) -> Tr
         .map(|i| features[i])
         .max()
         .unwrap_or(0);
+    let leq_only = nodes
+        .iter()
+        .all(|n| n.mode == LEAF || (n.mode == 1 && !n.nan_true));
     Ok(Forest {
         roots,
         nodes,
@@ -519,6 +532,7 @@ fn forest(node: &NodeProto, prefix: &str, targets: usize, aggregate: &str) -> Tr
         targets,
         aggregate,
         max_feature,
+        leq_only,
     })
 }
 

@@ -66,6 +66,8 @@ pub struct Model {
     pub name: String,
     pub file: PathBuf,
     plan: Arc<TypedRunnableModel>,
+    /// The plan for exactly `chunk` rows, when tract could make one.
+    whole: Option<Arc<TypedRunnableModel>>,
     /// The model input's name, element type (as Arrow) and width `k`.
     input: String,
     arrow_type: DataType,
@@ -287,6 +289,17 @@ impl Model {
                 width - 1
             )));
         }
+        // A plan for whole chunks (a DataFusion batch is 8,192 rows) with N fixed lets tract
+        // pick its kernels for that size; other sizes use the general plan.
+        let chunk = chunk.max(1);
+        let whole = typed
+            .set_symbols(&std::collections::HashMap::from([(
+                n.clone(),
+                (chunk as i64).to_dim(),
+            )]))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .ok();
         let plan = typed
             .into_optimized()
             .and_then(|m| m.into_runnable())
@@ -299,13 +312,14 @@ impl Model {
             name: spec.name.clone(),
             file: spec.path.clone(),
             plan,
+            whole,
             input: input.name.clone(),
             arrow_type,
             features,
             output,
             width,
             index: spec.index,
-            chunk: chunk.max(1),
+            chunk,
         })
     }
 
@@ -377,7 +391,11 @@ impl Model {
                 }));
             }
             let input = Tensor::from_shape(&[n, k], &stacked)?;
-            let out = self.plan.run(tvec!(input.into_tvalue()))?;
+            let plan = match &self.whole {
+                Some(whole) if n == self.chunk => whole,
+                _ => &self.plan,
+            };
+            let out = plan.run(tvec!(input.into_tvalue()))?;
             let out = out[0].cast_to::<f64>()?;
             let view = out.to_plain_array_view::<f64>()?;
             anyhow::ensure!(

@@ -43,7 +43,10 @@ fn chunks_nulls_and_empty_batches() {
     let rows = features(100);
     let a = whole.score(&rows).unwrap();
     let b = chunked.score(&rows).unwrap();
-    assert_eq!(a, b, "scores do not depend on the chunk size");
+    // A whole chunk runs on tract's plan for that size: the same scores to float rounding.
+    for (x, y) in a.values().iter().zip(b.values()) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} against {y}");
+    }
     assert!(a.values().iter().all(|p| (0.0..=1.0).contains(p)));
     assert_eq!(a.null_count(), 0);
 
@@ -53,7 +56,7 @@ fn chunks_nulls_and_empty_batches() {
     ));
     let c = chunked.score(&with_null).unwrap();
     assert!(c.is_null(42) && c.null_count() == 1);
-    assert_eq!(c.value(41), a.value(41));
+    assert_eq!(c.value(41), b.value(41));
 
     let empty = whole.score(&features(0)).unwrap();
     assert_eq!(empty.len(), 0);
