@@ -86,6 +86,16 @@ pub enum Command {
 /// 2 for bad usage (clap's own).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Validate(_)
+            | Command::Test(_)
+            | Command::Query(_)
+            | Command::Status(_)
+            | Command::Loads(_)
+    ) {
+        quiet_broken_pipe();
+    }
     init_logs();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,6 +122,18 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `weir query ... | head` ends quietly once `head` has its lines, as Unix tools do, instead of
+/// panicking on the next print. Only for the commands that print a report and end: a socket
+/// write never raises SIGPIPE in Rust (its sockets send with MSG_NOSIGNAL), but the long-running
+/// commands keep Rust's default (SIGPIPE ignored) all the same.
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: sets a signal disposition before the runtime's threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
