@@ -50,6 +50,17 @@ pub struct ModelError {
     pub message: String,
 }
 
+impl ModelError {
+    fn new(job: &str, name: &str, file: &std::path::Path, message: String) -> Self {
+        Self {
+            job: job.to_string(),
+            name: name.to_string(),
+            file: file.display().to_string(),
+            message,
+        }
+    }
+}
+
 /// The ONNX element types a model input may have, with their Arrow types.
 fn input_type(elem: i32) -> Option<(DatumType, DataType)> {
     match elem {
@@ -108,12 +119,7 @@ impl Model {
     }
 
     fn load_with_chunk(job: &str, spec: &ModelSpec, chunk: usize) -> Result<Self, ModelError> {
-        let fail = |message: String| ModelError {
-            job: job.to_string(),
-            name: spec.name.clone(),
-            file: spec.path.display().to_string(),
-            message,
-        };
+        let fail = |message: String| ModelError::new(job, &spec.name, &spec.path, message);
         let onnx = parser();
         let bytes = std::fs::read(&spec.path).map_err(|e| {
             fail(format!(
@@ -540,15 +546,15 @@ pub fn register(
 ) -> Result<(), ModelError> {
     for m in models {
         if ctx.udf(&m.name).is_ok() || ctx.udaf(&m.name).is_ok() || ctx.udwf(&m.name).is_ok() {
-            return Err(ModelError {
-                job: job.to_string(),
-                name: m.name.clone(),
-                file: m.file.display().to_string(),
-                message: format!(
+            return Err(ModelError::new(
+                job,
+                &m.name,
+                &m.file,
+                format!(
                     "\"{}\" is already a SQL function; name the model something else",
                     m.name
                 ),
-            });
+            ));
         }
         ctx.register_udf(m.udf());
     }

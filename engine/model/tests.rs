@@ -357,3 +357,17 @@ fn hand_built_forests_follow_the_spec() {
         "{e}"
     );
 }
+
+#[test]
+fn a_model_named_like_a_builtin_is_refused() {
+    let mut spec = sample("cart_propensity");
+    spec.name = "abs".into();
+    let model = Arc::new(Model::load("job.toml", &spec).unwrap());
+    let e = register(&SessionContext::new(), "job.toml", &[model])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("job.toml: models.abs") && e.contains("\"abs\" is already a SQL function"),
+        "{e}"
+    );
+}
