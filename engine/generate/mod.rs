@@ -296,10 +296,10 @@ impl EventStream {
         let n = self.catalogue.len();
         let hour = hour_of_day(t);
         loop {
-            let i = ((n as f64) * self.rng.random::<f64>().powi(3)) as usize;
-            let p = &self.catalogue[i.min(n - 1)];
-            if self.rng.random::<f64>() * 1.8 < category_cycle(p.category, hour) {
-                return &self.catalogue[i.min(n - 1)];
+            let i = (((n as f64) * self.rng.random::<f64>().powi(3)) as usize).min(n - 1);
+            let category = self.catalogue[i].category;
+            if self.rng.random::<f64>() * 1.8 < category_cycle(category, hour) {
+                return &self.catalogue[i];
             }
         }
     }

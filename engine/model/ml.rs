@@ -264,7 +264,11 @@ impl EvalOp for ForestOp {
             "the forest reads feature {} but the input has {features}",
             self.forest.max_feature
         );
-        let x: Vec<f32> = view.iter().copied().collect();
+        // Rows as one slice: borrowed when the tensor is laid out row by row (it is, from Weir).
+        let x: std::borrow::Cow<[f32]> = match view.as_slice() {
+            Some(x) => x.into(),
+            None => view.iter().copied().collect::<Vec<_>>().into(),
+        };
         let t = self.forest.targets;
         let mut out = vec![0f32; rows * t];
         let (mut acc, mut seen) = (vec![0f64; t], vec![false; t]);
@@ -776,17 +780,10 @@ impl Expansion for TreeClassifier {
                 }
             }
             Layout::Binary { base, scores } => {
-                let all = wire_forest(prefix, model, inputs, &self.forest, None)?;
-                let mut s =
-                    model.wire_node(format!("{prefix}.score"), Slice::new(1, 0, 1), &all)?;
-                if let Some(b) = base {
-                    let b = model.add_const(format!("{prefix}.base"), rctensor2(&[[*b]]))?;
-                    s = model.wire_node(
-                        format!("{prefix}.base_value"),
-                        tract_core::ops::math::add(),
-                        &[s[0], b],
-                    )?;
-                }
+                // The one base value broadcasts over both columns; only column 0 is kept.
+                let base = base.as_ref().map(std::slice::from_ref);
+                let all = wire_forest(prefix, model, inputs, &self.forest, base)?;
+                let s = model.wire_node(format!("{prefix}.score"), Slice::new(1, 0, 1), &all)?;
                 let (negative, positive) = match scores {
                     Binary::Complement => {
                         let one = model.add_const(format!("{prefix}.one"), rctensor2(&[[1f32]]))?;
