@@ -27,8 +27,8 @@ use crate::load::{
     Backfill, Cursors, Destination, LakeFiles, LoadContext, LoadError, Loads, OutputTable,
 };
 use crate::sink::lake::dead_letters::DeadLetterKey;
-use crate::sink::lake::{DEAD_LETTERS, LATE, Lake, REPLAYED};
-use crate::sink::{BatchOutput, Sink, SinkError};
+use crate::sink::lake::{BatchWriter, DEAD_LETTERS, LATE, Lake, REPLAYED};
+use crate::sink::{BatchOutput, SinkError};
 use crate::source::dead_letters::{self, ReplayError, ReplayFilter};
 use crate::source::files::{FileSource, Framing};
 use crate::source::kinesis::{KinesisSource, StartAt};
@@ -124,7 +124,9 @@ pub struct RunSummary {
     pub lake: String,
     pub records: u64,
     pub dead_letters: u64,
+    /// Batches committed, and the micro-batches they were made of.
     pub batches: u64,
+    pub micro_batches: u64,
     pub replayed: u64,
     /// Rows that came after their window was written (in `_late`).
     pub late: u64,
@@ -180,6 +182,9 @@ pub struct Pipeline {
     /// Told of every commit (`weir run --serve` pushes it to the dashboards).
     committed: Option<tokio::sync::watch::Sender<Option<Committed>>>,
     summary: RunSummary,
+    /// The batch being written, until its commit. Its files' uploads are not `Sync`: the mutex
+    /// lets `&Pipeline` cross awaits on other tasks; it is only ever reached through `get_mut`.
+    open: std::sync::Mutex<Option<OpenBatch>>,
     checkpoint: Checkpoint,
     /// Per window output, late rows up to the last commit.
     late_so_far: BTreeMap<String, u64>,
@@ -273,6 +278,7 @@ impl Pipeline {
             progress: ProgressBar::hidden(),
             committed: None,
             summary,
+            open: std::sync::Mutex::new(None),
             checkpoint: Checkpoint::new(),
             late_so_far: BTreeMap::new(),
         }))
@@ -405,31 +411,48 @@ impl Pipeline {
         // gathered here, then transformed while N is still being written: both cores stay busy,
         // and at most two batches are held.
         let policy = self.policy;
+        // A file run commits several micro-batches at once (their files written once, at their
+        // size); a stream commits each, as soon as it is full or old enough.
+        let per_commit = if bounded {
+            policy.commit_every.max(1)
+        } else {
+            1
+        };
         let mut lease_task = std::mem::take(&mut self.lease_task);
         let mut worker = Worker::new(self);
         let mut stopping = false;
         let mut batch = Batch::default();
+        let mut added = 0u64;
+        // Adds the micro-batch in hand to batch `next`, committing it when it has enough.
+        macro_rules! submit {
+            () => {{
+                added += 1;
+                let commit = added >= per_commit;
+                worker
+                    .submit(next, std::mem::take(&mut batch), commit)
+                    .await?;
+                if commit {
+                    next += 1;
+                    added = 0;
+                }
+            }};
+        }
         let lost = loop {
             let deadline = batch.opened.map(|t| t + policy.max_age);
             tokio::select! {
                 chunk = decoded.recv() => match chunk {
                     Some(chunk) => {
                         if batch.would_overflow(&policy, &chunk) {
-                            worker.submit(next, std::mem::take(&mut batch)).await?;
-                            next += 1;
+                            submit!();
                         }
                         batch.push(chunk);
                         if batch.is_due(&policy) {
-                            worker.submit(next, std::mem::take(&mut batch)).await?;
-                            next += 1;
+                            submit!();
                         }
                     }
                     None => break None,
                 },
-                _ = sleep_until(deadline) => {
-                    worker.submit(next, std::mem::take(&mut batch)).await?;
-                    next += 1;
-                }
+                _ = sleep_until(deadline) => submit!(),
                 done = worker.done(), if worker.is_busy() => done?,
                 _ = &mut shutdown => {
                     tracing::info!("stopping: committing the batch in hand");
@@ -468,7 +491,9 @@ impl Pipeline {
         // finish every open window: a failed or stopped run leaves them to the next.
         batch.flush = !stopping && failed.is_none() && worker.transforms.has_windows() && bounded;
         if !batch.is_empty() || (batch.flush && worker.has_open_windows()) {
-            worker.submit(next, batch).await?;
+            worker.submit(next, batch, true).await?;
+        } else if added > 0 {
+            worker.commit(next).await?;
         }
         let mut this = worker.finish().await?;
         this.lease_task = lease_task;
@@ -651,19 +676,28 @@ impl Pipeline {
                 batch = plan.batch,
                 "replaying a batch that was planned but not committed"
             );
-            let batch = if plan.range.is_empty() && plan.dead_letters.is_empty() {
-                Ok(Batch::default())
+            let replayed = if plan.range.is_empty() && plan.dead_letters.is_empty() {
+                let batch = Batch {
+                    flush: plan.flush,
+                    ..Batch::default()
+                };
+                self.process(plan.batch, batch, true).await
             } else if plan.dead_letters.is_empty() {
-                self.read_range(&plan).await
+                self.replay_range(&plan).await
             } else {
                 self.lake.prepare_replayed().await?;
                 let letters =
                     dead_letters::read(self.lake.location(), &self.job.name, &plan.dead_letters)
                         .await?;
-                Ok(self.replay_batch(letters))
+                let batch = Batch {
+                    flush: plan.flush,
+                    ..self.replay_batch(letters)
+                };
+                self.process(plan.batch, batch, true).await
             };
-            let batch = match batch {
+            match replayed {
                 Err(PipelineError::Source(source @ SourceError::RangeGone { .. })) => {
+                    *self.open_batch() = None;
                     let mut tables: Vec<String> =
                         self.tables.iter().map(|t| t.name.clone()).collect();
                     tables.push(DEAD_LETTERS.to_string());
@@ -676,23 +710,39 @@ impl Pipeline {
                     });
                 }
                 other => other?,
-            };
-            let batch = Batch {
-                flush: plan.flush,
-                ..batch
-            };
-            self.process(plan.batch, batch, true).await?;
+            }
             self.summary.replayed += 1;
             next = plan.batch + 1;
         }
         Ok(next)
     }
 
-    /// Re-reads and decodes exactly the range of a planned batch.
-    async fn read_range(&self, plan: &BatchPlan) -> Result<Batch, PipelineError> {
+    /// Re-reads exactly the range of a planned batch and writes it again as that batch, cut into
+    /// the micro-batches the first attempt had (each re-read over its own recorded range).
+    async fn replay_range(&mut self, plan: &BatchPlan) -> Result<(), PipelineError> {
+        let ranges = if plan.micro_batches.is_empty() {
+            std::slice::from_ref(&plan.range)
+        } else {
+            plan.micro_batches.as_slice()
+        };
+        let (last, before) = ranges.split_last().expect("a range to replay");
+        for range in before {
+            let batch = self.read_range(range).await?;
+            let transformed = Transformed::of(&self.transforms, batch).await?;
+            self.append(plan.batch, transformed, true).await?;
+        }
+        let batch = Batch {
+            flush: plan.flush,
+            ..self.read_range(last).await?
+        };
+        self.process(plan.batch, batch, true).await
+    }
+
+    /// Re-reads and decodes exactly `range` (one micro-batch).
+    async fn read_range(&self, range: &crate::source::BatchRange) -> Result<Batch, PipelineError> {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let source = self.source.clone();
-        let range = plan.range.clone();
+        let range = range.clone();
         let reader = tokio::spawn(async move { source.read_range(&range, tx).await });
         let batch = Batch::collect(&self.job.input, rx).await;
         reader
@@ -701,17 +751,18 @@ impl Pipeline {
         Ok(batch)
     }
 
-    /// One batch: transform -> plan -> write -> commit.
+    /// One batch of one micro-batch: transform -> write -> plan -> commit.
     async fn process(&mut self, id: u64, batch: Batch, replay: bool) -> Result<(), PipelineError> {
-        if batch.is_empty() && !batch.flush {
-            return Ok(());
+        if !(batch.is_empty() && !batch.flush) {
+            let transformed = Transformed::of(&self.transforms, batch).await?;
+            self.append(id, transformed, replay).await?;
         }
-        let transformed = Transformed::of(&self.transforms, batch).await?;
-        self.write_commit(id, transformed, replay).await
+        self.commit(id, replay).await
     }
 
-    /// One transformed batch: plan -> write -> commit.
-    async fn write_commit(
+    /// Adds a transformed micro-batch to batch `id` (opened by its first): its rows go into the
+    /// batch's open files, nothing is visible yet.
+    async fn append(
         &mut self,
         id: u64,
         transformed: Transformed,
@@ -730,7 +781,59 @@ impl Pipeline {
             open,
         } = step;
         let started = Instant::now();
-        // A replayed batch is already planned; tables that hold it are skipped when writing.
+        let lake = &self.lake;
+        let job = &self.job.name;
+        let mut current = self
+            .open
+            .get_mut()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_else(|| OpenBatch::new(lake.begin(job, id, replay), flushed));
+        debug_assert_eq!(current.writer.batch(), id, "one batch open at a time");
+        lake.append(
+            &mut current.writer,
+            &BatchOutput {
+                job,
+                batch: id,
+                tables: &outputs,
+                dead_letters: &batch.dead,
+                replayed: &batch.replayed,
+                late: &late,
+                replay,
+            },
+        )
+        .await?;
+        current.add(batch, &outputs, &late, windows, open);
+        self.progress.inc(current.last_input_bytes);
+        self.progress.set_message(format!(
+            "batch {id}: {} events, {} dead letters",
+            self.summary.records + current.records,
+            self.summary.dead_letters + current.dead
+        ));
+        tracing::debug!(
+            batch = id,
+            micro_batch = current.micro_batches,
+            transform_ms = transform.as_millis() as u64,
+            write_ms = started.elapsed().as_millis() as u64,
+            "micro-batch written"
+        );
+        *self.open_batch() = Some(current);
+        Ok(())
+    }
+
+    fn open_batch(&mut self) -> &mut Option<OpenBatch> {
+        self.open.get_mut().expect("not poisoned")
+    }
+
+    /// Commits the open batch `id`, if any: plan -> close files -> each table's Delta commit ->
+    /// window state -> commit record.
+    async fn commit(&mut self, id: u64, replay: bool) -> Result<(), PipelineError> {
+        let Some(batch) = self.open_batch().take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        // The range is recorded before any table commits: a replay re-reads exactly it. A
+        // replayed batch is already planned; tables that hold it are skipped.
         if !replay {
             let plan = BatchPlan {
                 job: self.job.name.clone(),
@@ -739,42 +842,36 @@ impl Pipeline {
                 planned_at: chrono::Utc::now(),
                 dead_letters: batch.replayed.clone(),
                 flush: batch.flush,
+                micro_batches: if batch.micro_ranges.len() > 1 {
+                    batch.micro_ranges.clone()
+                } else {
+                    Vec::new()
+                },
             };
             self.commits.plan(&plan).await?;
         }
         let planned = Instant::now();
 
         self.lease.check().await?;
-        let files = self
-            .lake
-            .write(&BatchOutput {
-                job: &self.job.name,
-                batch: id,
-                tables: &outputs,
-                dead_letters: &batch.dead,
-                replayed: &batch.replayed,
-                late: &late,
-                replay,
-            })
-            .await?;
-        let late_rows: u64 = late.iter().map(|l| l.rows.num_rows() as u64).sum();
-        let windows = self.save_windows(id, windows, &late).await?;
+        let files = self.lake.commit(batch.writer).await?;
+        let mut rows = batch.rows;
+        // An update output's rows: its batch's changes, one per key touched.
+        for f in files.iter().filter(|f| f.upsert.is_some()) {
+            rows.insert(f.table.clone(), f.rows);
+        }
+        let windows = self.save_windows(id, batch.windows, &batch.late).await?;
         let written = Instant::now();
 
         for (shard, r) in &batch.range {
             self.checkpoint.insert(shard.clone(), r.last.clone());
         }
-        let rows: BTreeMap<String, u64> = outputs
-            .iter()
-            .map(|o| (o.name.clone(), o.rows() as u64))
-            .collect();
         let record = CommitRecord {
             job: self.job.name.clone(),
             batch: id,
             range: batch.range,
             checkpoint: self.checkpoint.clone(),
-            records: batch.records as u64,
-            dead_letters: batch.dead.len() as u64,
+            records: batch.records,
+            dead_letters: batch.dead,
             rows: rows.clone(),
             files: files.clone(),
             committed_at: chrono::Utc::now(),
@@ -800,18 +897,18 @@ impl Pipeline {
         if let Some(loads) = &self.loads {
             loads.committed(id);
         }
-        record_metrics(&batch.arrivals, batch.record_bytes, flushed, &record);
+        record_metrics(&batch.arrivals, batch.record_bytes, batch.flushed, &record);
         if let Some(tx) = &self.committed {
             tx.send_replace(Some(Committed {
                 record: record.clone(),
-                open: Arc::new(open),
+                open: Arc::new(batch.open),
             }));
         }
 
         let s = &mut self.summary;
-        s.records += batch.records as u64;
-        s.dead_letters += batch.dead.len() as u64;
-        s.late += late_rows;
+        s.records += batch.records;
+        s.dead_letters += batch.dead;
+        s.late += batch.late.values().sum::<u64>();
         for (n, w) in &record.windows {
             match self.transforms.update_keys(n) {
                 Some(_) => s.update_keys.insert(n.clone(), w.groups as usize),
@@ -819,6 +916,7 @@ impl Pipeline {
             };
         }
         s.batches += 1;
+        s.micro_batches += batch.micro_batches;
         s.files += files.len() as u64;
         s.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
         s.input_bytes += batch.input_bytes;
@@ -826,16 +924,11 @@ impl Pipeline {
         for (t, n) in rows {
             *s.rows.entry(t).or_default() += n;
         }
-        self.progress.inc(batch.input_bytes);
-        self.progress.set_message(format!(
-            "batch {id}: {} events, {} dead letters",
-            s.records, s.dead_letters
-        ));
         tracing::debug!(
             batch = id,
+            micro_batches = batch.micro_batches,
             records = batch.records,
             files = files.len(),
-            transform_ms = transform.as_millis() as u64,
             plan_ms = (planned - started).as_millis() as u64,
             write_ms = (written - planned).as_millis() as u64,
             commit_ms = written.elapsed().as_millis() as u64,
@@ -853,7 +946,7 @@ impl Pipeline {
         &self,
         id: u64,
         windows: BTreeMap<String, WindowState>,
-        late: &[crate::transform::LateRows],
+        late: &BTreeMap<String, u64>,
     ) -> Result<BTreeMap<String, WindowMark>, PipelineError> {
         let mut marks = BTreeMap::new();
         for (name, w) in windows {
@@ -869,11 +962,7 @@ impl Pipeline {
             };
             let update = self.transforms.update_keys(&name).is_some();
             let before = self.late_so_far.get(&name).copied().unwrap_or(0);
-            let now: u64 = late
-                .iter()
-                .filter(|l| l.output == name)
-                .map(|l| l.rows.num_rows() as u64)
-                .sum();
+            let now = late.get(&name).copied().unwrap_or(0);
             marks.insert(
                 name,
                 WindowMark {
@@ -1091,6 +1180,95 @@ fn record_metrics(
     }
 }
 
+/// The batch being written: one micro-batch, or several when a file run reads its backlog. What
+/// its commit record and the run's summary need, gathered as micro-batches are added.
+struct OpenBatch {
+    writer: BatchWriter,
+    range: crate::source::BatchRange,
+    /// Each micro-batch's range, in order (a replay cuts the batch the same way).
+    micro_ranges: Vec<crate::source::BatchRange>,
+    replayed: Vec<DeadLetterKey>,
+    flush: bool,
+    micro_batches: u64,
+    records: u64,
+    dead: u64,
+    record_bytes: u64,
+    input_bytes: u64,
+    /// Of the micro-batch added last (for the progress bar).
+    last_input_bytes: u64,
+    arrivals: Vec<(i64, usize)>,
+    rows: BTreeMap<String, u64>,
+    /// Late rows per window output.
+    late: BTreeMap<String, u64>,
+    /// Window and update outputs' state after the last micro-batch, and its open windows.
+    windows: BTreeMap<String, WindowState>,
+    open: BTreeMap<String, Vec<RecordBatch>>,
+    /// When the first micro-batch was closed.
+    flushed: Instant,
+}
+
+impl OpenBatch {
+    fn new(writer: BatchWriter, flushed: Instant) -> Self {
+        Self {
+            writer,
+            range: Default::default(),
+            micro_ranges: Vec::new(),
+            replayed: Vec::new(),
+            flush: false,
+            micro_batches: 0,
+            records: 0,
+            dead: 0,
+            record_bytes: 0,
+            input_bytes: 0,
+            last_input_bytes: 0,
+            arrivals: Vec::new(),
+            rows: BTreeMap::new(),
+            late: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            open: BTreeMap::new(),
+            flushed,
+        }
+    }
+
+    /// Adds a micro-batch (written already) to the batch's totals.
+    fn add(
+        &mut self,
+        batch: Batch,
+        outputs: &[crate::transform::TableOutput],
+        late: &[crate::transform::LateRows],
+        windows: BTreeMap<String, WindowState>,
+        open: BTreeMap<String, Vec<RecordBatch>>,
+    ) {
+        if !batch.range.is_empty() {
+            self.micro_ranges.push(batch.range.clone());
+        }
+        for (shard, r) in batch.range {
+            self.range
+                .entry(shard)
+                .and_modify(|have| have.last = r.last.clone())
+                .or_insert(r);
+        }
+        self.replayed.extend(batch.replayed);
+        self.flush |= batch.flush;
+        self.micro_batches += 1;
+        self.records += batch.records as u64;
+        self.dead += batch.dead.len() as u64;
+        self.record_bytes += batch.record_bytes;
+        self.input_bytes += batch.input_bytes;
+        self.last_input_bytes = batch.input_bytes;
+        self.arrivals.extend(batch.arrivals);
+        for o in outputs {
+            *self.rows.entry(o.name.clone()).or_default() += o.rows() as u64;
+        }
+        for l in late {
+            *self.late.entry(l.output.clone()).or_default() += l.rows.num_rows() as u64;
+        }
+        // The state after this micro-batch replaces the one before (it includes it).
+        self.windows.extend(windows);
+        self.open = open;
+    }
+}
+
 /// A batch and what the transforms made of it.
 struct Transformed {
     /// The batch, its events taken by the transforms.
@@ -1147,12 +1325,16 @@ impl Worker {
         self.transforms.has_open_windows()
     }
 
-    /// Transforms `batch` while the batch in flight is written, waits for that one, then starts
-    /// writing `batch` as batch `id`. Transforms run one at a time, in batch order: the next
-    /// starts only after this call returns.
-    async fn submit(&mut self, id: u64, batch: Batch) -> Result<(), PipelineError> {
+    /// Transforms micro-batch `batch` while the one in flight is written, waits for that one,
+    /// then starts adding `batch` to batch `id`, and committing it when `commit`. Transforms run
+    /// one at a time, in order: the next starts only after this call returns.
+    async fn submit(&mut self, id: u64, batch: Batch, commit: bool) -> Result<(), PipelineError> {
         if batch.is_empty() && !batch.flush {
-            return Ok(());
+            return if commit {
+                self.commit(id).await
+            } else {
+                Ok(())
+            };
         }
         let transforms = self.transforms.clone();
         let transform = tokio::spawn(async move { Transformed::of(&transforms, batch).await });
@@ -1162,7 +1344,7 @@ impl Worker {
             tracing::debug!(
                 batch = id,
                 waited_ms = waited.elapsed().as_millis() as u64,
-                "gathered and transformed while the batch before was still being written"
+                "gathered and transformed while the micro-batch before was still being written"
             );
             done
         } else {
@@ -1171,18 +1353,40 @@ impl Worker {
         let transformed = transform
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        // The batch before failing is the first error; this one was not planned yet.
+        // The micro-batch before failing is the first error.
         before?;
         let transformed = transformed?;
-        let WorkerState::Idle(mut pipeline) = std::mem::replace(&mut self.state, WorkerState::Gone)
+        self.spawn(move |mut pipeline| async move {
+            let mut r = pipeline.append(id, transformed, false).await;
+            if r.is_ok() && commit {
+                r = pipeline.commit(id, false).await;
+            }
+            (pipeline, r)
+        });
+        Ok(())
+    }
+
+    /// Commits batch `id` (what was added to it), after the micro-batch in flight.
+    async fn commit(&mut self, id: u64) -> Result<(), PipelineError> {
+        self.done().await?;
+        self.spawn(move |mut pipeline| async move {
+            let r = pipeline.commit(id, false).await;
+            (pipeline, r)
+        });
+        Ok(())
+    }
+
+    /// Runs `work` on the idle pipeline, on its own task.
+    fn spawn<F, Fut>(&mut self, work: F)
+    where
+        F: FnOnce(Box<Pipeline>) -> Fut,
+        Fut: Future<Output = (Box<Pipeline>, Result<(), PipelineError>)> + Send + 'static,
+    {
+        let WorkerState::Idle(pipeline) = std::mem::replace(&mut self.state, WorkerState::Gone)
         else {
             unreachable!("a worker is idle after done()");
         };
-        self.state = WorkerState::Busy(tokio::spawn(async move {
-            let r = pipeline.write_commit(id, transformed, false).await;
-            (pipeline, r)
-        }));
-        Ok(())
+        self.state = WorkerState::Busy(tokio::spawn(work(pipeline)));
     }
 
     /// Waits for the batch in flight (cancel safe: the task keeps running if this is dropped).

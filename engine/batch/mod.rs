@@ -112,6 +112,7 @@ mod tests {
             max_bytes: 10_000,
             max_age: Duration::from_secs(60),
             compact_every: 0,
+            commit_every: 1,
         };
         let mut b = Batch::default();
         assert!(!b.would_overflow(&policy, &decoded("a", 1, 50)));

@@ -185,9 +185,14 @@ pub(super) fn print_summary(command: &str, job: &str, target: &str, s: &RunSumma
         }
     );
     println!(
-        "  batches  {} committed (last {}){}",
+        "  batches  {} committed (last {}){}{}",
         s.batches,
         s.last_batch.unwrap_or_default(),
+        if s.micro_batches > s.batches {
+            format!(", of {} micro-batches", s.micro_batches)
+        } else {
+            String::new()
+        },
         if s.replayed > 0 {
             format!(", {} replayed after an interrupted run", s.replayed)
         } else {

@@ -30,6 +30,11 @@ pub struct BatchPlan {
     /// The input ended here: window outputs finish every open window (a replay does too).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flush: bool,
+    /// A batch of several micro-batches (a file run): each one's range, in order, so that a
+    /// replay cuts them exactly where the first attempt did (windows and per-batch aggregates
+    /// depend on it), whatever the batch settings are now. Empty: one micro-batch, `range`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub micro_batches: Vec<BatchRange>,
 }
 
 /// Step 4 of a batch: what it wrote, and the checkpoint after it.

@@ -318,6 +318,7 @@ mod tests {
             planned_at: chrono::Utc::now(),
             dead_letters: Vec::new(),
             flush: false,
+            micro_batches: Vec::new(),
         };
         log.plan(&plan).await.unwrap();
         let r = log.recover().await.unwrap();

@@ -13,6 +13,8 @@ pub const DEFAULT_MAX_BYTES: &str = "64MiB";
 pub const DEFAULT_MAX_AGE: &str = "5s";
 /// Small files are merged every this many batches (0: never).
 pub const DEFAULT_COMPACT_EVERY: u64 = 16;
+/// A file run commits this many micro-batches at once (a stream commits each).
+pub const DEFAULT_COMMIT_EVERY: u64 = 16;
 /// Largest accepted record; longer ones become dead letters.
 pub const DEFAULT_MAX_RECORD_BYTES: &str = "1MiB";
 /// Parquet file size above which an output partition rolls over to a new file.
@@ -106,6 +108,7 @@ pub struct BatchConfig {
     pub max_bytes: Option<String>,
     pub max_age: Option<String>,
     pub compact_every: Option<u64>,
+    pub commit_every: Option<u64>,
 }
 
 /// How long files a compaction removed (and Weir's plans, commits and manifests, and Delta log

@@ -43,6 +43,9 @@ pub struct BatchPolicy {
     pub max_age: Duration,
     /// Merge small lake files every this many batches (and at the end of a file run); 0: never.
     pub compact_every: u64,
+    /// Micro-batches a file run commits at once, as one batch: its files are written once, at
+    /// their target size. A stream commits every micro-batch.
+    pub commit_every: u64,
 }
 
 /// The decoded input description.
@@ -238,9 +241,19 @@ impl Job {
                 .batch
                 .compact_every
                 .unwrap_or(config::DEFAULT_COMPACT_EVERY),
+            commit_every: raw
+                .batch
+                .commit_every
+                .unwrap_or(config::DEFAULT_COMMIT_EVERY),
         };
         if batch.max_records == 0 || batch.max_bytes == 0 || batch.max_age.is_zero() {
             return Err(bad("batch", "limits must be greater than zero".into()));
+        }
+        if batch.commit_every == 0 {
+            return Err(bad(
+                "batch.commit_every",
+                "must be 1 or more (1: commit every micro-batch)".into(),
+            ));
         }
         let retention = units::parse_duration(
             raw.lake

@@ -82,8 +82,9 @@ os._exit(0)
 
 #[test]
 fn readers_see_whole_batches_only_while_runs_are_killed() {
-    let p =
-        project("max_records = 400\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 3");
+    let p = project(
+        "max_records = 400\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 3\ncommit_every = 2",
+    );
     let stop = p.root().join("stop-reader");
     let reader = Command::new(python_path())
         .arg("-c")
@@ -164,8 +165,9 @@ fn a_second_run_on_the_same_job_and_lake_is_refused_and_nothing_is_lost() {
 
 #[test]
 fn compaction_after_the_target_size_is_raised_and_on_idle_partitions_loses_and_doubles_nothing() {
-    let p =
-        project("max_records = 250\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 4");
+    let p = project(
+        "max_records = 250\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 4\ncommit_every = 1",
+    );
     let job = std::fs::read_to_string(p.job()).unwrap();
     let small = format!(
         "{job}\n[outputs.all_events]\npartition_by = [\"dt\"]\ntarget_file_size = \"64KiB\"\n"

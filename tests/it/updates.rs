@@ -5,7 +5,9 @@
 use crate::common::*;
 
 const EVENTS: u64 = 20_000;
-const SMALL_BATCHES: &str = "max_records = 400\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"";
+/// Micro-batches of 400 records, two to a commit (a batch's changes are merged once).
+const SMALL_BATCHES: &str =
+    "max_records = 400\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncommit_every = 2";
 
 /// Per user and event type, kept only while the pair has fewer than 4 events: keys appear, are
 /// updated, and are deleted again as batches come. Restocks have no user: their NULL key stays.

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-const BATCHES: &str =
-    "max_records = 1500\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 4";
+const BATCHES: &str = "max_records = 1500\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncompact_every = 4\ncommit_every = 1";
 const EVENTS: u64 = 12_000;
 
 fn env_or(var: &str, default: &str) -> String {

@@ -8,7 +8,9 @@ use crate::common::*;
 const EVENTS: u64 = 20_000;
 /// Events of the first minutes again, at the end of the input.
 const LATE: usize = 50;
-const SMALL_BATCHES: &str = "max_records = 300\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"";
+/// Micro-batches of 300 records, three to a commit (windows close within a batch too).
+const SMALL_BATCHES: &str =
+    "max_records = 300\nmax_bytes = \"64MiB\"\nmax_age = \"5s\"\ncommit_every = 3";
 
 const PER_MINUTE: &str = "SELECT date_trunc('minute', event_time) AS minute, product_id,
     count(*) AS events,

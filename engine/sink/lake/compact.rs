@@ -425,6 +425,7 @@ pub fn batch_of(job: &str, file: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::write_table;
     use super::*;
     use crate::job::Job;
     use arrow::array::{Int64Array, RecordBatch, StringArray};
@@ -465,16 +466,9 @@ mod tests {
         lake.prepare(&[("t".into(), schema.clone())]).await.unwrap();
         for b in 1..=batches {
             let first = (b as i64 - 1) * per_batch;
-            lake.write_table(
-                "j",
-                b,
-                "t",
-                &schema,
-                &[rows(&schema, first, per_batch)],
-                false,
-            )
-            .await
-            .unwrap();
+            write_table(&lake, b, &schema, &[rows(&schema, first, per_batch)], false)
+                .await
+                .unwrap();
         }
         let done = lake
             .compact("j", batches, &["t".to_string()], &mut Some(Instant::now()))

@@ -20,6 +20,10 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use tokio::io::AsyncWriteExt;
 
+/// Encoded bytes a file's upload holds before it sends them (as one part of a multipart upload;
+/// S3 takes parts of 5 MiB or more).
+pub const UPLOAD_BUFFER: usize = 10 << 20;
+
 /// A Parquet file being written: row groups go out as they are encoded.
 pub struct ParquetFile {
     writer: SerializedFileWriter<Vec<u8>>,
@@ -43,7 +47,7 @@ impl ParquetFile {
             writer,
             factory,
             schema,
-            out: BufWriter::new(store, path),
+            out: BufWriter::with_capacity(store, path, UPLOAD_BUFFER),
             row_groups: 0,
             rows: 0,
         })

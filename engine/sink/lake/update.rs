@@ -7,15 +7,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
-use arrow::compute::{cast, concat_batches};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array, new_null_array};
+use arrow::compute::{cast, concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use object_store::ObjectStoreExt;
 
 use super::encode::ParquetFile;
 use super::{Lake, writer_properties};
 use crate::sink::{DELETED, SinkError, Upsert, WrittenFile};
-use crate::transform::TableOutput;
 
 impl Lake {
     /// Writes one update output's batch: its change file, then the MERGE. A table that already
@@ -24,30 +24,24 @@ impl Lake {
     pub(super) async fn write_update(
         &self,
         batch: u64,
-        out: &TableOutput,
+        table: &str,
+        keys: &[String],
+        changes: Option<RecordBatch>,
         replay: bool,
     ) -> Result<Vec<WrittenFile>, SinkError> {
-        let update = out.update.as_ref().expect("an update output");
-        let table = out.name.as_str();
         if replay && self.delta.committed_batch(table).await?.unwrap_or(0) >= batch {
             tracing::info!(
                 table,
                 batch,
                 "the Delta table already holds this batch; not merged again"
             );
-            return self.changes_of_batch(batch, table, &update.keys).await;
+            return self.changes_of_batch(batch, table, keys).await;
         }
-        let arrow_err = |source| SinkError::Arrow {
-            table: table.to_string(),
-            source,
-        };
-        let Some(changes) =
-            changes(&out.schema, &out.batches, update.deleted.as_ref()).map_err(arrow_err)?
-        else {
+        let Some(changes) = changes else {
             return Ok(Vec::new());
         };
         let started = std::time::Instant::now();
-        let null_keys = null_keys(&changes, &update.keys);
+        let null_keys = null_keys(&changes, keys);
         let relative = change_file(&self.layout, batch, table);
         let parquet_err = |source| SinkError::Parquet {
             path: relative.clone(),
@@ -66,9 +60,7 @@ impl Lake {
         let rows = file.rows();
         let bytes = file.close().await.map_err(parquet_err)?;
         let written = std::time::Instant::now();
-        self.delta
-            .merge(table, batch, changes, &update.keys)
-            .await?;
+        self.delta.merge(table, batch, changes, keys).await?;
         tracing::debug!(
             table,
             batch,
@@ -83,7 +75,7 @@ impl Lake {
             rows,
             bytes,
             upsert: Some(Upsert::Changes {
-                keys: update.keys.clone(),
+                keys: keys.to_vec(),
                 null_keys,
             }),
         }])
@@ -194,4 +186,108 @@ pub fn changes(
         return Ok(None);
     }
     concat_batches(&changed, &parts).map(Some)
+}
+
+/// Several micro-batches' changes as one batch's: for each key, its last row (a later change of a
+/// key replaces an earlier one, a delete included), in the order the keys were last changed.
+pub fn last_per_key(
+    parts: &[RecordBatch],
+    keys: &[String],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = parts[0].schema();
+    let all = concat_batches(&schema, parts)?;
+    let columns = keys
+        .iter()
+        .map(|k| {
+            all.column_by_name(k)
+                .cloned()
+                .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no key column {k}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(&columns)?;
+    let mut seen = std::collections::HashSet::with_capacity(all.num_rows());
+    let mut keep: Vec<u32> = (0..all.num_rows())
+        .rev()
+        .filter(|&i| seen.insert(rows.row(i)))
+        .map(|i| i as u32)
+        .collect();
+    if keep.len() == all.num_rows() {
+        return Ok(all);
+    }
+    keep.reverse();
+    take_record_batch(&all, &UInt32Array::from(keep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn the_last_change_of_each_key_wins() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new(DELETED, DataType::Boolean, false),
+        ]));
+        let part = |k: Vec<Option<&str>>, v: Vec<Option<i64>>, d: Vec<bool>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(k)),
+                    Arc::new(Int64Array::from(v)),
+                    Arc::new(BooleanArray::from(d)),
+                ],
+            )
+            .unwrap()
+        };
+        let first = part(
+            vec![Some("a"), Some("b"), None, Some("c")],
+            vec![Some(1), Some(2), Some(3), Some(4)],
+            vec![false; 4],
+        );
+        // Then: b deleted, the NULL key updated, a updated, d inserted.
+        let second = part(
+            vec![Some("b"), None, Some("a"), Some("d")],
+            vec![None, Some(30), Some(10), Some(5)],
+            vec![true, false, false, false],
+        );
+        let out = last_per_key(&[first, second], &["k".to_string()]).unwrap();
+        let k = out
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let v = out.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let d = out
+            .column(2)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .unwrap();
+        let rows: Vec<(Option<&str>, Option<i64>, bool)> = (0..out.num_rows())
+            .map(|i| {
+                (
+                    k.is_valid(i).then(|| k.value(i)),
+                    v.is_valid(i).then(|| v.value(i)),
+                    d.value(i),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (Some("c"), Some(4), false),
+                (Some("b"), None, true),
+                (None, Some(30), false),
+                (Some("a"), Some(10), false),
+                (Some("d"), Some(5), false),
+            ]
+        );
+    }
 }
