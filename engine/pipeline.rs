@@ -753,7 +753,7 @@ impl Pipeline {
 
     /// One batch of one micro-batch: transform -> write -> plan -> commit.
     async fn process(&mut self, id: u64, batch: Batch, replay: bool) -> Result<(), PipelineError> {
-        if !(batch.is_empty() && !batch.flush) {
+        if !batch.is_empty() || batch.flush {
             let transformed = Transformed::of(&self.transforms, batch).await?;
             self.append(id, transformed, replay).await?;
         }

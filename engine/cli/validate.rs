@@ -36,12 +36,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("{}: ok", job.file.display());
     println!(
-        "  input    {:?}, {} columns; batches of at most {} records, {} bytes, {:?}",
+        "  input    {:?}, {} columns; micro-batches of at most {} records, {} bytes, {:?}; a file run commits {} at once",
         job.input.format,
         job.input.schema.columns.len(),
         job.batch.max_records,
         job.batch.max_bytes,
-        job.batch.max_age
+        job.batch.max_age,
+        job.batch.commit_every
     );
     for m in &transforms.models {
         println!("  model    {}", m.describe());

@@ -534,7 +534,8 @@ fn latest_is_pinned_when_an_iterator_expires_before_the_first_record_and_list_sh
     let p = project(&s, "lake");
     with_source_keys(&p, &s, "start = \"latest\"");
     let release = p.root().join("release-iterators");
-    let (mut proxy, port, mut lines) = fault_proxy(&["expire", &release.display().to_string()]);
+    let (mut proxy, port, lines) = fault_proxy(&["expire", &release.display().to_string()]);
+    let faults = fault_lines(lines);
     let mut child = through_proxy(&p, port);
     // Both shards have had their LATEST iterator expire once. (kinesalite then holds the
     // AT_TIMESTAMP call that re-creates it until a record arrives after that time, unlike
@@ -542,7 +543,7 @@ fn latest_is_pinned_when_an_iterator_expires_before_the_first_record_and_list_sh
     let mut expired = 0;
     let mut list_faults = 0;
     while expired < 2 {
-        let line = lines.next().expect("proxy output").unwrap();
+        let line = next_fault(&faults, &mut child);
         expired += line.contains("ExpiredIterator") as u32;
         list_faults += line.contains("InternalFailure") as u32;
     }
@@ -552,8 +553,8 @@ fn latest_is_pinned_when_an_iterator_expires_before_the_first_record_and_list_sh
     stop(child);
     proxy.kill().unwrap();
     proxy.wait().unwrap();
-    list_faults += lines
-        .map_while(Result::ok)
+    list_faults += faults
+        .iter()
         .filter(|l| l.contains("InternalFailure"))
         .count() as u32;
     assert_eq!(
@@ -672,20 +673,45 @@ fn sigterm_during_start_up_or_the_replay_of_a_batch_stops_cleanly() {
     stop(child);
     let plan = plan_past_the_end(&p);
     let release = p.root().join("never");
-    let (mut proxy, port, mut lines) = fault_proxy(&["expire", &release.display().to_string()]);
-    let child = through_proxy(&p, port);
-    while !lines
-        .next()
-        .expect("proxy output")
-        .unwrap()
-        .contains("ExpiredIterator")
-    {}
+    let (mut proxy, port, lines) = fault_proxy(&["expire", &release.display().to_string()]);
+    let faults = fault_lines(lines);
+    let mut child = through_proxy(&p, port);
+    while !next_fault(&faults, &mut child).contains("ExpiredIterator") {}
     let out = stop_output(child);
     proxy.kill().unwrap();
     proxy.wait().unwrap();
     assert!(out.status.success(), "{:?}\n{}", out.status, stderr(&out));
     assert!(plan.exists(), "the plan stays for the next run");
     assert_exactly(&p, 200);
+}
+
+/// The proxy's fault lines, read on their own thread (so that a wait for one can time out).
+fn fault_lines(
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The proxy's next fault line; after 3 minutes without one, `child` is killed and the test
+/// fails (instead of waiting forever).
+fn next_fault(faults: &std::sync::mpsc::Receiver<String>, child: &mut Child) -> String {
+    match faults.recv_timeout(Duration::from_secs(180)) {
+        Ok(line) => line,
+        Err(e) => {
+            let _ = child.kill();
+            panic!(
+                "no fault injected by the proxy within 3 minutes ({e}): weir stopped calling Kinesis"
+            );
+        }
+    }
 }
 
 /// `weir run --target prod` with Kinesis behind the fault proxy on `port`.

@@ -227,7 +227,7 @@ pub fn last_per_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{Array, Int64Array, StringArray};
 
     #[test]
     fn the_last_change_of_each_key_wins() {
