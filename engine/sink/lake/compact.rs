@@ -28,8 +28,9 @@ use crate::sink::SinkError;
 
 /// A partition is compacted once it holds at least this many small files.
 const MIN_FILES: usize = 4;
-/// Row groups at least this long are spliced into the merged file as they are; a merge holding a
-/// shorter one decodes and encodes its inputs again (small files of a quiet stream).
+/// Files whose row groups hold at least this many rows on average are spliced into the merged file
+/// as they are; a merge holding a file of shorter ones decodes and encodes its inputs again (small
+/// files of a quiet stream).
 const SPLICE_MIN_ROWS: i64 = 16_384;
 /// Vacuum (which lists a table's folder) at most this often.
 const VACUUM_EVERY: Duration = Duration::from_secs(3600);
@@ -170,10 +171,11 @@ impl Lake {
             folder(table, dir),
             &unique[..12]
         );
-        let splice = footers
-            .iter()
-            .flat_map(|m| m.row_groups())
-            .all(|rg| rg.num_rows() >= SPLICE_MIN_ROWS);
+        // A file's last row group may be short (a batch's file ends where its rows do): a file
+        // whose row groups average the bound is spliced whole, its short tail with it.
+        let splice = footers.iter().all(|m| {
+            m.file_metadata().num_rows() >= SPLICE_MIN_ROWS * m.num_row_groups().max(1) as i64
+        });
         let rows = if splice {
             self.splice(table, &relative, inputs, &footers).await?
         } else {

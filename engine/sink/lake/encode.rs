@@ -23,6 +23,9 @@ use tokio::io::AsyncWriteExt;
 /// Encoded bytes a file's upload holds before it sends them (as one part of a multipart upload;
 /// S3 takes parts of 5 MiB or more).
 pub const UPLOAD_BUFFER: usize = 10 << 20;
+/// Parts of one file uploaded at once, each holding its bytes until it is sent (object_store's
+/// default of 8 held up to 80 MiB per open file while encoding outran the writes).
+const UPLOAD_PARTS: usize = 2;
 
 /// A Parquet file being written: row groups go out as they are encoded.
 pub struct ParquetFile {
@@ -47,7 +50,8 @@ impl ParquetFile {
             writer,
             factory,
             schema,
-            out: BufWriter::with_capacity(store, path, UPLOAD_BUFFER),
+            out: BufWriter::with_capacity(store, path, UPLOAD_BUFFER)
+                .with_max_concurrency(UPLOAD_PARTS),
             row_groups: 0,
             rows: 0,
         })
