@@ -21,12 +21,12 @@ use crate::sink::{BatchOutput, SinkError, WrittenFile};
 /// Rows per Parquet row group at most.
 const ROW_GROUP_ROWS: usize = 1 << 20;
 /// A partition's buffered rows are encoded as a row group once they hold this much memory.
-const ROW_GROUP_BYTES: usize = 16 << 20;
+const ROW_GROUP_BYTES: usize = 8 << 20;
 /// What a batch's open files may hold in memory in all (rows buffered for their row groups, and
 /// encoded bytes not uploaded yet, up to [`UPLOAD_BUFFER`] a file): past it the largest buffered
 /// rows are encoded early (smaller row groups), then the files holding most are closed early
 /// (smaller files, which compaction merges later). Many partitions cost file size, not memory.
-const HELD_BYTES: usize = 48 << 20;
+const HELD_BYTES: usize = 24 << 20;
 
 /// One batch's files in the making, across its micro-batches.
 pub struct BatchWriter {
