@@ -307,10 +307,16 @@ impl Lake {
 }
 
 impl PartFiles {
-    /// Rows buffered, and encoded bytes the open file's upload may still hold.
+    /// Rows buffered, and encoded bytes the open file's upload still holds: all of them until
+    /// they fill its buffer, then what is left over after the parts sent (whole buffers).
     fn held(&self) -> usize {
         let unsent = self.open.as_ref().map_or(0, |(_, f)| {
-            usize::try_from(f.bytes_written()).map_or(UPLOAD_BUFFER, |b| b.min(UPLOAD_BUFFER))
+            let written = usize::try_from(f.bytes_written()).unwrap_or(usize::MAX);
+            if written <= UPLOAD_BUFFER {
+                written
+            } else {
+                written % UPLOAD_BUFFER
+            }
         });
         self.group.memory + unsent
     }
