@@ -1243,10 +1243,7 @@ impl OpenBatch {
             self.micro_ranges.push(batch.range.clone());
         }
         for (shard, r) in batch.range {
-            self.range
-                .entry(shard)
-                .and_modify(|have| have.last = r.last.clone())
-                .or_insert(r);
+            crate::batch::widen(&mut self.range, shard, r);
         }
         self.replayed.extend(batch.replayed);
         self.flush |= batch.flush;

@@ -67,13 +67,14 @@ impl Batch {
 
     pub fn push(&mut self, chunk: Decoded) {
         self.opened.get_or_insert_with(Instant::now);
-        self.range
-            .entry(chunk.shard.to_string())
-            .and_modify(|r| r.last = chunk.last.clone())
-            .or_insert(ShardRange {
+        widen(
+            &mut self.range,
+            chunk.shard.to_string(),
+            ShardRange {
                 first: chunk.first,
                 last: chunk.last,
-            });
+            },
+        );
         if let Some(a) = chunk.arrived_ms {
             self.arrivals.push((a, chunk.records));
         }
@@ -83,6 +84,15 @@ impl Batch {
         self.record_bytes += chunk.record_bytes;
         self.input_bytes += chunk.input_bytes;
     }
+}
+
+/// Adds what comes next from `shard` (later records, in order) to `range`: the shard's first
+/// position stays, its last becomes `next`'s.
+pub fn widen(range: &mut BatchRange, shard: String, next: ShardRange) {
+    range
+        .entry(shard)
+        .and_modify(|r| r.last = next.last.clone())
+        .or_insert(next);
 }
 
 #[cfg(test)]
