@@ -41,6 +41,15 @@ use crate::transform::{Step, TransformError, Transforms};
 const CHUNK_RECORDS: usize = 8192;
 /// Bytes per source chunk at most.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// What a source puts in one chunk at most, under the job's batch limits.
+pub fn chunk_limits(policy: &BatchPolicy) -> ChunkLimits {
+    ChunkLimits {
+        records: CHUNK_RECORDS.min(policy.max_records),
+        bytes: CHUNK_BYTES.min(policy.max_bytes as usize),
+    }
+}
+
 /// Chunks in flight between reader, decoder and batcher: with the two batches (one gathering,
 /// one being written), the memory bound.
 const CHANNEL_CHUNKS: usize = 8;
@@ -167,12 +176,12 @@ pub struct Pipeline {
     transforms: Arc<Transforms>,
     lake: Lake,
     commits: Arc<ObjectCommitStore>,
-    /// This run's writer lease, renewed by `keep_lease`.
-    lease: Arc<Lease>,
+    /// This run's writer lease, renewed by `keep_lease` (none in Lambda mode).
+    lease: Option<Arc<Lease>>,
     lease_task: JoinSet<LeaseError>,
     last_vacuum: Option<Instant>,
     /// Warehouses loaded behind the commit, and whether `open` prepared each.
-    destinations: Vec<(Arc<dyn Destination>, bool)>,
+    destinations: Destinations,
     /// How the target's loads are retried before a batch is parked.
     target_loads: crate::job::LoadRetry,
     tables: Vec<OutputTable>,
@@ -190,17 +199,20 @@ pub struct Pipeline {
     late_so_far: BTreeMap<String, u64>,
 }
 
+/// Warehouses loaded behind the commit, and whether each is prepared.
+pub type Destinations = Vec<(Arc<dyn Destination>, bool)>;
+
 /// A run's parts once every check passed, before the writer lease is taken.
 struct Checked {
     job: Job,
     target: crate::job::Target,
     policy: BatchPolicy,
     source: Arc<dyn Source>,
-    transforms: Transforms,
+    transforms: Arc<Transforms>,
     lake: Lake,
     commits: Arc<ObjectCommitStore>,
     cursors: Cursors,
-    destinations: Vec<(Arc<dyn Destination>, bool)>,
+    destinations: Destinations,
     tables: Vec<OutputTable>,
 }
 
@@ -225,6 +237,57 @@ impl Pipeline {
             checked = Self::check(job, opts) => checked?,
             _ = stop => return Ok(None),
         };
+        let lease = checked.lake.take_lease().await?;
+        match Self::start(checked, Some(lease.clone())).await {
+            Ok(pipeline) => Ok(Some(pipeline)),
+            Err(e) => {
+                lease.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One Lambda invocation's run of one shard (`weir lambda`): `job` is named for the shard's
+    /// writer, so each shard has its own batches, commit log and Delta transaction; its records
+    /// come from the event (`source`); the transforms are the function's, planned once. No writer
+    /// lease: shards never share a writer, and a second attempt at the same shard's batch is
+    /// fenced by the conditional plan and commit and by the tables' Delta transaction. Each
+    /// invocation commits once; compaction is left to runs that own the whole job.
+    pub async fn open_lambda(
+        job: Job,
+        opts: &RunOptions,
+        transforms: Arc<Transforms>,
+        source: Arc<dyn Source>,
+        destinations: Option<Destinations>,
+    ) -> Result<Self, PipelineError> {
+        let target = job.target(opts.target.as_deref())?.clone();
+        let lake_url = opts.lake.clone().unwrap_or(target.lake.clone());
+        let policy = BatchPolicy {
+            commit_every: u64::MAX,
+            compact_every: 0,
+            ..job.batch
+        };
+        let checked = Self::assemble(
+            job,
+            target,
+            policy,
+            source,
+            transforms,
+            &lake_url,
+            destinations,
+        )
+        .await?;
+        Self::start(checked, None).await
+    }
+
+    /// The warehouses this pipeline loads, and whether each was prepared (for the next
+    /// invocation of a Lambda function, which need not prepare them again).
+    pub fn destinations(&self) -> Destinations {
+        self.destinations.clone()
+    }
+
+    /// Creates or evolves the lake's tables and sets out the pipeline, under `lease` if any.
+    async fn start(checked: Checked, lease: Option<Arc<Lease>>) -> Result<Self, PipelineError> {
         let Checked {
             job,
             target,
@@ -237,34 +300,28 @@ impl Pipeline {
             destinations,
             tables,
         } = checked;
-        let lease = lake.take_lease().await?;
         let schemas: Vec<_> = tables
             .iter()
             .map(|t| (t.name.clone(), t.schema.clone()))
             .collect();
-        let prepared = async {
-            lake.prepare(&schemas).await?;
-            if transforms.has_windows() {
-                lake.prepare_late().await?;
-            }
-            Ok::<_, SinkError>(())
-        };
-        if let Err(e) = prepared.await {
-            lease.release().await;
-            return Err(e.into());
+        lake.prepare(&schemas).await?;
+        if transforms.has_windows() {
+            lake.prepare_late().await?;
         }
         let mut lease_task = JoinSet::new();
-        lease_task.spawn(lease.clone().keep(DEFAULT_LEASE_TTL));
+        if let Some(lease) = &lease {
+            lease_task.spawn(lease.clone().keep(DEFAULT_LEASE_TTL));
+        }
         let summary = RunSummary {
             source: source.describe(),
             lake: lake.url().to_string(),
             ..Default::default()
         };
-        Ok(Some(Self {
+        Ok(Self {
             job,
             policy,
             source,
-            transforms: Arc::new(transforms),
+            transforms,
             lake,
             commits,
             lease,
@@ -281,19 +338,16 @@ impl Pipeline {
             open: std::sync::Mutex::new(None),
             checkpoint: Checkpoint::new(),
             late_so_far: BTreeMap::new(),
-        }))
+        })
     }
 
     /// Everything checked before the lease: nothing is held yet.
     async fn check(job: Job, opts: &RunOptions) -> Result<Checked, PipelineError> {
         let target = job.target(opts.target.as_deref())?.clone();
-        let transforms = Transforms::load(&job).await?;
+        let transforms = Arc::new(Transforms::load(&job).await?);
         let lake_url = opts.lake.clone().unwrap_or(target.lake.clone());
         let policy = job.batch;
-        let limits = ChunkLimits {
-            records: CHUNK_RECORDS.min(policy.max_records),
-            bytes: CHUNK_BYTES.min(policy.max_bytes as usize),
-        };
+        let limits = chunk_limits(&policy);
         let source: Arc<dyn Source> = match (&target.source, &opts.input) {
             _ if opts.replay => Arc::new(dead_letters::NoSource),
             (_, Some(input)) => Arc::new(open_files(&job, input, limits).await?),
@@ -316,10 +370,24 @@ impl Pipeline {
                 Arc::new(KinesisSource::open(stream, start, limits).await?)
             }
         };
+        Self::assemble(job, target, policy, source, transforms, &lake_url, None).await
+    }
+
+    /// The checks after the source: output types against the warehouses, then the lake (its
+    /// identity, on first use) and the destinations (prepared, unless given).
+    async fn assemble(
+        job: Job,
+        target: crate::job::Target,
+        policy: BatchPolicy,
+        source: Arc<dyn Source>,
+        transforms: Arc<Transforms>,
+        lake_url: &str,
+        destinations: Option<Destinations>,
+    ) -> Result<Checked, PipelineError> {
         let tables = OutputTable::of(&job, &transforms);
         check_types(&target, &transforms, &tables)?;
         // Everything checked: from here on the lake is touched (its identity, on first use).
-        let lake = Lake::open(&lake_url, &job).await?;
+        let lake = Lake::open(lake_url, &job).await?;
         let state = lake.path(&lake.layout().state());
         let commits = Arc::new(ObjectCommitStore::new(
             lake.store(),
@@ -327,7 +395,10 @@ impl Pipeline {
             &job.name,
         ));
         let cursors = Cursors::new(lake.store(), state);
-        let destinations = open_destinations(&job, &target, &lake, &tables).await?;
+        let destinations = match destinations {
+            Some(d) => d,
+            None => open_destinations(&job, &target, &lake, &tables).await?,
+        };
         Ok(Checked {
             job,
             target,
@@ -368,7 +439,9 @@ impl Pipeline {
 
     /// Gives up an opened pipeline without reading anything, releasing its writer lease.
     pub async fn close(self) {
-        self.lease.release().await;
+        if let Some(lease) = &self.lease {
+            lease.release().await;
+        }
     }
 
     /// Runs until the source is exhausted or `shutdown` resolves; the batch in hand is committed.
@@ -379,7 +452,9 @@ impl Pipeline {
     ) -> Result<RunSummary, PipelineError> {
         let lease = self.lease.clone();
         let result = self.run_leased(shutdown).await;
-        if !matches!(result, Err(PipelineError::Lease(_))) {
+        if let Some(lease) = lease
+            && !matches!(result, Err(PipelineError::Lease(_)))
+        {
             lease.release().await;
         }
         result
@@ -599,7 +674,9 @@ impl Pipeline {
             self.replay_leased(filter, shutdown).await
         }
         .await;
-        if !matches!(result, Err(PipelineError::Lease(_))) {
+        if let Some(lease) = lease
+            && !matches!(result, Err(PipelineError::Lease(_)))
+        {
             lease.release().await;
         }
         result
@@ -852,7 +929,9 @@ impl Pipeline {
         }
         let planned = Instant::now();
 
-        self.lease.check().await?;
+        if let Some(lease) = &self.lease {
+            lease.check().await?;
+        }
         let files = self.lake.commit(batch.writer).await?;
         let mut rows = batch.rows;
         // An update output's rows: its batch's changes, one per key touched.
@@ -1116,7 +1195,7 @@ async fn open_destinations(
     target: &crate::job::Target,
     lake: &Lake,
     tables: &[OutputTable],
-) -> Result<Vec<(Arc<dyn Destination>, bool)>, PipelineError> {
+) -> Result<Destinations, PipelineError> {
     let files = LakeFiles::new(lake.location(), lake.id());
     let mut out = Vec::new();
     for d in crate::load::destinations(job, target, &files) {

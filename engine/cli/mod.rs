@@ -1,6 +1,7 @@
 //! The `weir` command line: clap definitions and one module per command.
 
 mod generate;
+mod lambda;
 mod loads;
 mod migrate;
 mod produce;
@@ -73,6 +74,16 @@ pub enum Command {
     /// those that fail again stay dead letters with the new reason. Runs under the job's writer
     /// lease: stop `weir run` first.
     Replay(replay::Args),
+    /// The bootstrap of a Kinesis-triggered Lambda function: each invocation's records are
+    /// decoded, transformed and committed to the target's lake (and its warehouses), per shard,
+    /// exactly once even when Lambda retries the batch.
+    ///
+    /// The target's source is ignored (Lambda brings the records). A failure answers with
+    /// `batchItemFailures` from the first record not committed; a record that does not decode is
+    /// a dead letter and never blocks the shard. Window and update outputs are refused. Run as
+    /// `bootstrap` with no arguments, it is `weir lambda $_HANDLER` (the function's handler
+    /// setting names the job file). See README "Lambda mode".
+    Lambda(lambda::Args),
     /// Write deterministic, realistic e-commerce sample data (events and products.csv).
     Generate(generate::Args),
     /// Send generated e-commerce events to a Kinesis stream (load driver, test producer).
@@ -85,7 +96,15 @@ pub enum Command {
 /// Parses the command line, runs the command and maps errors to exit codes: 1 for a failed run,
 /// 2 for bad usage (clap's own).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A Lambda function's `bootstrap` (as `cargo lambda build` names the binary) is started with
+    // no arguments: it is `weir lambda`, the job file in `_HANDLER`.
+    if argv.len() == 1
+        && std::path::Path::new(&argv[0]).file_name() == Some(std::ffi::OsStr::new("bootstrap"))
+    {
+        argv.push("lambda".into());
+    }
+    let cli = Cli::parse_from(argv);
     if matches!(
         cli.command,
         Command::Validate(_)
@@ -111,6 +130,7 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Loads(a) => loads::run(a).await,
             Command::Replay(a) => replay::run(a).await,
+            Command::Lambda(a) => lambda::run(a).await,
             Command::Generate(a) => generate::run(a).await,
             Command::Produce(a) => produce::run(a).await,
             Command::Migrate(a) => migrate::run(a).await,

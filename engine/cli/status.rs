@@ -39,7 +39,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let last = commits.recover().await?.last;
     let committed = last.as_ref().map_or(0, |c| c.batch);
     let cursors = Cursors::new(store.clone(), state.clone());
-    let parked_store = ParkedStore::new(store, state);
+    let parked_store = ParkedStore::new(store.clone(), state);
+    let writers = lambda_writers(&location, &job.name).await?;
     let mut rows = Vec::new();
     for d in crate::load::warehouses(target) {
         let name = d.key();
@@ -73,6 +74,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "committed_at": last.as_ref().map(|c| c.committed_at),
             "loads": loads,
             "windows": last.as_ref().map(|c| &c.windows),
+            "lambda_shards": writers.iter().map(|(shard, c)| serde_json::json!({
+                "shard": shard, "committed_batch": c.batch, "committed_at": c.committed_at,
+                "checkpoint": c.checkpoint.get(shard).map(|p| p.to_string()),
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -110,6 +115,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             w.late
         );
     }
+    for (shard, c) in &writers {
+        println!(
+            "  {shard}  Lambda writer: batch {} at {}, through {}",
+            c.batch,
+            c.committed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            c.checkpoint
+                .get(shard)
+                .map_or("nothing".to_string(), |p| p.to_string())
+        );
+    }
     if rows.is_empty() {
         println!("  loads      none configured for this target");
     }
@@ -132,4 +147,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The shards `weir lambda` wrote for this job (writers `<job>.<shard>`), each with its last commit.
+async fn lambda_writers(
+    location: &Location,
+    job: &str,
+) -> anyhow::Result<Vec<(String, crate::commit::CommitRecord)>> {
+    let root = location.path(crate::sink::lake::STATE);
+    let listed = location.store.list_with_delimiter(Some(&root)).await?;
+    let mut out = Vec::new();
+    for dir in listed.common_prefixes {
+        let Some(name) = dir.filename() else { continue };
+        let Some(shard) = name
+            .strip_prefix(job)
+            .and_then(|r| r.strip_prefix('.'))
+            .filter(|s| s.starts_with("shardId-"))
+        else {
+            continue;
+        };
+        let commits = ObjectCommitStore::new(location.store.clone(), dir.clone(), name);
+        if let Some(last) = commits.recover().await?.last {
+            out.push((shard.to_string(), last));
+        }
+    }
+    Ok(out)
 }

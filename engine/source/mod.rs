@@ -4,6 +4,7 @@
 pub mod dead_letters;
 pub mod files;
 pub mod kinesis;
+pub mod lambda;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -162,6 +163,17 @@ pub enum SourceError {
          retention); the batch cannot be replayed whole"
     )]
     RangeGone { shard: String, missing: String },
+    #[error(
+        "replaying batch: the Lambda event holds {shard}'s records {held}, not the planned batch \
+         {first} to {last} an earlier attempt began; Lambda sends them again (keep the event \
+         source mapping's batch size, and leave BisectBatchOnFunctionError off)"
+    )]
+    NotInEvent {
+        shard: String,
+        first: String,
+        last: String,
+        held: String,
+    },
 }
 
 /// A source of raw records.

@@ -7,6 +7,7 @@ mod delta;
 mod ecommerce;
 mod errors;
 mod kinesis;
+mod lambda;
 mod models;
 mod serve;
 mod updates;

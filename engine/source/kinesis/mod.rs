@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::{BatchRange, Checkpoint, ChunkLimits, Position, RawChunk, Source, SourceError};
+pub(crate) use reader::ChunkBuilder;
 pub use reader::ShardEnd;
 use reader::ShardRead;
 

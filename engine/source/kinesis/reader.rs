@@ -224,8 +224,8 @@ impl ShardRead {
     }
 }
 
-/// Accumulates records of one shard into chunks.
-struct ChunkBuilder {
+/// Accumulates records of one shard into chunks (also Lambda mode's, from its events).
+pub(crate) struct ChunkBuilder {
     shard: Arc<str>,
     limits: ChunkLimits,
     data: Vec<u8>,
@@ -236,7 +236,7 @@ struct ChunkBuilder {
 }
 
 impl ChunkBuilder {
-    fn new(shard: Arc<str>, limits: ChunkLimits) -> Self {
+    pub(crate) fn new(shard: Arc<str>, limits: ChunkLimits) -> Self {
         Self {
             shard,
             limits,
@@ -248,7 +248,13 @@ impl ChunkBuilder {
         }
     }
 
-    fn push(&mut self, data: Bytes, pos: Position, arrived: Option<i64>, rejected: Option<String>) {
+    pub(crate) fn push(
+        &mut self,
+        data: Bytes,
+        pos: Position,
+        arrived: Option<i64>,
+        rejected: Option<String>,
+    ) {
         let start = self.data.len() as u32;
         // A newline inside a record would split it for the line-oriented decoders.
         self.data
@@ -264,15 +270,15 @@ impl ChunkBuilder {
         }
     }
 
-    fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.bounds.len() >= self.limits.records || self.data.len() >= self.limits.bytes
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.bounds.is_empty()
     }
 
-    fn take(&mut self) -> RawChunk {
+    pub(crate) fn take(&mut self) -> RawChunk {
         let input_bytes = self.data.len() as u64;
         RawChunk {
             shard: self.shard.clone(),
