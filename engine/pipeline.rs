@@ -164,6 +164,8 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// Then, waiting for the warehouses to load every committed batch.
     pub load_wait: Duration,
+    /// Per shard, the last position committed when the run ended.
+    pub checkpoint: Checkpoint,
 }
 
 /// A job bound to its source, transforms, lake and commit log.
@@ -655,6 +657,7 @@ impl Pipeline {
         }
         self.lease_task.abort_all();
         self.progress.finish_and_clear();
+        self.summary.checkpoint = self.checkpoint.clone();
         Ok(std::mem::take(&mut self.summary))
     }
 

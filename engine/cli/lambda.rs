@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aws_lambda_events::event::kinesis::KinesisEvent;
@@ -83,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing::info!(job = %function.job.name, "Lambda function ready");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<KinesisEvent>| {
         let function = function.clone();
-        async move { function.handle(event.payload).await }
+        async move { function.handle(event).await }
     }))
     .await
     .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))?;
@@ -119,38 +119,44 @@ struct Function {
 
 impl Function {
     /// One invocation: each shard's records committed in turn; the records of a shard that
-    /// failed are reported from the first one not committed, so Lambda retries from there.
+    /// failed, or that the invocation's time did not cover, are reported from the first one not
+    /// committed, so Lambda retries from there.
     async fn handle(
         &self,
-        event: KinesisEvent,
+        event: LambdaEvent<KinesisEvent>,
     ) -> Result<KinesisEventResponse, lambda_runtime::Error> {
         let started = Instant::now();
-        let shards = by_shard(event)?;
+        let stop_at = stop_before(event.context.deadline);
+        let shards = by_shard(event.payload)?;
         let mut response = KinesisEventResponse::default();
         for records in shards {
             let shard = records.shard.clone();
             let count = records.records.len();
-            match self.run_shard(records.clone()).await {
-                Ok(s) => tracing::info!(
-                    shard = %shard,
-                    records = count,
-                    new = s.records,
-                    dead_letters = s.dead_letters,
-                    batches = s.batches,
-                    replayed = s.replayed,
-                    ms = started.elapsed().as_millis() as u64,
-                    "committed"
-                ),
-                Err(e) => {
-                    let committed = self.checkpoint(&shard).await.map_err(|read| {
-                        format!("{shard}: {e:#}; and its commit log could not be read: {read:#}")
-                    })?;
-                    let from = records.first_after(committed.as_ref());
-                    tracing::error!(shard = %shard, retry_from = ?from, "{e:#}");
-                    if let Some(seq) = from {
-                        response.add_failure(seq);
-                    }
+            let stop = tokio::time::sleep_until(stop_at);
+            let committed = match self.run_shard(records.clone(), stop).await {
+                Ok(s) => {
+                    tracing::info!(
+                        shard = %shard,
+                        records = count,
+                        new = s.records,
+                        dead_letters = s.dead_letters,
+                        batches = s.batches,
+                        replayed = s.replayed,
+                        ms = started.elapsed().as_millis() as u64,
+                        "committed"
+                    );
+                    s.checkpoint.get(&*shard).cloned()
                 }
+                Err(e) => {
+                    tracing::error!(shard = %shard, "{e:#}");
+                    self.checkpoint(&shard).await.map_err(|read| {
+                        format!("{shard}: {e:#}; and its commit log could not be read: {read:#}")
+                    })?
+                }
+            };
+            if let Some(seq) = records.first_after(committed.as_ref()) {
+                tracing::warn!(shard = %shard, retry_from = seq, "not every record is committed: Lambda retries from the first that is not");
+                response.add_failure(seq);
             }
         }
         Ok(response)
@@ -164,7 +170,13 @@ impl Function {
         }
     }
 
-    async fn run_shard(&self, records: ShardRecords) -> Result<RunSummary, PipelineError> {
+    /// Commits one shard's records; `stop` (the invocation's time nearly up) ends the run after
+    /// the batch in hand, or the wait for the warehouses (the next invocation loads the rest).
+    async fn run_shard(
+        &self,
+        records: ShardRecords,
+        stop: impl Future<Output = ()>,
+    ) -> Result<RunSummary, PipelineError> {
         let shard = records.shard.to_string();
         let writer = self.writer(&shard);
         let source = Arc::new(EventSource::new(records, chunk_limits(&self.job.batch)));
@@ -177,7 +189,7 @@ impl Function {
             let d = pipeline.destinations();
             self.destinations.lock().await.insert(shard, d);
         }
-        pipeline.run(std::future::pending()).await
+        pipeline.run(stop).await
     }
 
     /// The shard's last committed position, from its writer's commit log.
@@ -196,4 +208,13 @@ impl Function {
             .last
             .and_then(|c| c.checkpoint.get(shard).cloned()))
     }
+}
+
+/// When an invocation stops taking new work: a tenth of its time before the deadline (epoch ms),
+/// at least 2 s, so that the batch in hand commits and the answer reaches Lambda in time.
+fn stop_before(deadline_ms: u64) -> tokio::time::Instant {
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let margin = (left / 10).max(Duration::from_secs(2)).min(left / 2);
+    tokio::time::Instant::now() + (left - margin)
 }

@@ -164,9 +164,9 @@ pub enum SourceError {
     )]
     RangeGone { shard: String, missing: String },
     #[error(
-        "replaying batch: the Lambda event holds {shard}'s records {held}, not the planned batch \
-         {first} to {last} an earlier attempt began; Lambda sends them again (keep the event \
-         source mapping's batch size, and leave BisectBatchOnFunctionError off)"
+        "replaying batch: the Lambda event holds {shard}'s records {held}, not all of the planned \
+         batch {first} to {last} an earlier attempt began, and it names no stream to read them \
+         from (no eventSourceARN)"
     )]
     NotInEvent {
         shard: String,

@@ -17,13 +17,18 @@ use serde_json::{Value, json};
 use crate::common::*;
 use crate::kinesis::{aws_env, stream};
 
+const NONE: [&str; 0] = [];
+
+/// Events waiting for the function's `/next`: (request id, body), and a bell.
+type Queue = Arc<(Mutex<VecDeque<(String, String)>>, Condvar)>;
+
 /// An invocation's outcome: the function's response, or its error report.
 type Outcome = (String, Result<Value, String>);
 
 /// The Lambda Runtime API (`/2018-06-01/runtime/...`), as Lambda serves it to a function.
 struct RuntimeApi {
     addr: String,
-    queue: Arc<(Mutex<VecDeque<(String, String)>>, Condvar)>,
+    queue: Queue,
     outcomes: mpsc::Receiver<Outcome>,
     next_id: std::cell::Cell<u64>,
 }
@@ -100,11 +105,7 @@ impl RuntimeApi {
 }
 
 /// One connection of the function's runtime client (HTTP/1.1, keep-alive).
-fn serve(
-    conn: TcpStream,
-    queue: Arc<(Mutex<VecDeque<(String, String)>>, Condvar)>,
-    tx: mpsc::Sender<Outcome>,
-) {
+fn serve(conn: TcpStream, queue: Queue, tx: mpsc::Sender<Outcome>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
@@ -208,7 +209,8 @@ impl Function {
 /// `weir lambda` of the project's land job, as Lambda's runtime would start it.
 fn lambda_cmd(root: &Path, api: &str) -> Command {
     let mut c = weir();
-    c.current_dir(root)
+    aws_env(&mut c)
+        .current_dir(root)
         .args(["lambda", "jobs/land.toml", "--lake"])
         .arg(root.join("lake"))
         .env("RUST_LOG", "weir=info")
@@ -263,7 +265,7 @@ def event(i):
         e.update(quantity=1 + i % 3, price=round(1 + (i % 50) * 1.25, 2), order_id=f"o{i}")
     return json.dumps(e)
 sent = []
-for start in range(0, 600, 100):
+for start in range(0, 1400, 100):
     batch = [event(i) for i in range(start, start + 100)]
     sent += batch
     k.put_records(StreamName=stream, Records=[{"Data": e.encode(), "PartitionKey": f"pk{rng.random()}"} for e in batch])
@@ -271,7 +273,7 @@ agg = RecordAggregator()
 def put(rec):
     pk, ehk, data = rec.get_contents()
     k.put_record(StreamName=stream, Data=data, PartitionKey=pk)
-for i in range(600, 1000):
+for i in range(1400, 2000):
     e = event(i)
     sent.append(e)
     full = agg.add_user_record(f"pk{rng.random()}", e.encode())
@@ -386,75 +388,114 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
     // function timed out after committing: the retry is acknowledged, nothing is written again.
     let batches_a: Vec<&[Value]> = ra.chunks(100).collect();
     let first = event(&s, a, batches_a[0]);
-    assert_eq!(
-        failures(&api.invoke(&first, &mut function)),
-        Vec::<String>::new()
-    );
+    assert_eq!(failures(&api.invoke(&first, &mut function)), NONE);
     assert_eq!(commits(root, a).len(), 1);
-    assert_eq!(
-        failures(&api.invoke(&first, &mut function)),
-        Vec::<String>::new()
-    );
+    assert_eq!(failures(&api.invoke(&first, &mut function)), NONE);
     assert_eq!(
         commits(root, a).len(),
         1,
         "a retried batch is not written again"
     );
+
+    // The lake fails (a table's log cannot be written): the answer asks Lambda to retry from the
+    // first record not committed, inside an event that starts with committed ones.
+    let both = event(&s, a, &[batches_a[0], batches_a[1]].concat());
+    let log = root.join("lake/all_events/_delta_log");
+    std::fs::rename(&log, log.with_extension("away")).unwrap();
+    std::fs::write(&log, "not a folder").unwrap();
+    let failed = api.invoke(&both, &mut function);
+    assert_eq!(
+        failures(&failed),
+        [batches_a[1][0]["seq"].as_str().unwrap()]
+    );
+    assert_eq!(commits(root, a).len(), 1);
+    std::fs::remove_file(&log).unwrap();
+    std::fs::rename(log.with_extension("away"), &log).unwrap();
+    assert_eq!(failures(&api.invoke(&both, &mut function)), NONE);
+    let c = commits(root, a);
+    assert_eq!(c.len(), 2);
+    assert_eq!(
+        c[1]["range"][a.as_str()]["first"]["seq"],
+        batches_a[1][0]["seq"],
+        "the retry's committed part is skipped"
+    );
+
     // How long a warm invocation takes: the kills below land within that.
     let mut took = Vec::new();
-    for batch in &batches_a[1..] {
+    for batch in &batches_a[2..] {
         let started = Instant::now();
         let r = api.invoke(&event(&s, a, batch), &mut function);
         took.push(started.elapsed());
-        assert_eq!(failures(&r), Vec::<String>::new());
+        assert_eq!(failures(&r), NONE);
     }
     took.sort();
     let invocation = took[took.len() / 2];
 
-    // Shard B: an earlier attempt planned a batch of its first 150 records and died. A retry
-    // holding only 100 of them cannot replay it: the answer asks for them all again, from the
-    // first; a retry holding 200 replays the planned 150 exactly, then commits the other 50.
-    let last = &rb[149];
+    // Shard B: after its first batch, an earlier attempt planned a batch of the next 150 records
+    // in two micro-batches and died. The retry holds only 100 of them (a smaller batch size
+    // meanwhile): the batch is replayed exactly, its first micro-batch from the event, the rest
+    // read from the stream; then the next event's records up to the plan's end are skipped.
+    assert_eq!(
+        failures(&api.invoke(&event(&s, b, &rb[..100]), &mut function)),
+        NONE
+    );
+    let at = |i: usize, last: bool| {
+        let sub = if last {
+            rb[i]["parts"].as_u64().unwrap() - 1
+        } else {
+            0
+        };
+        json!({ "seq": rb[i]["seq"], "sub": sub })
+    };
+    let range = |from: usize, to: usize| json!({ b.as_str(): { "first": at(from, false), "last": at(to, true) } });
     let plan = json!({
         "job": format!("land.{b}"),
-        "batch": 1,
-        "range": { b.as_str(): {
-            "first": { "seq": rb[0]["seq"], "sub": 0 },
-            "last": { "seq": last["seq"], "sub": last["parts"].as_u64().unwrap() - 1 },
-        }},
+        "batch": 2,
+        "range": range(100, 249),
+        "micro_batches": [range(100, 179), range(180, 249)],
         "planned_at": "2026-11-27T00:00:00Z",
     });
     let plans = root.join(format!("lake/_weir/land.{b}/plans"));
-    std::fs::create_dir_all(&plans).unwrap();
     std::fs::write(
-        plans.join(format!("{:020}.json", 1)),
+        plans.join(format!("{:020}.json", 2)),
         serde_json::to_vec(&plan).unwrap(),
     )
     .unwrap();
-    let short = api.invoke(&event(&s, b, &rb[..100]), &mut function);
-    assert_eq!(failures(&short), [rb[0]["seq"].as_str().unwrap()]);
-    assert!(commits(root, b).is_empty());
+    let r = api.invoke(&event(&s, b, &rb[100..200]), &mut function);
+    assert_eq!(failures(&r), NONE);
     assert!(
-        function.log().contains("Lambda event holds"),
+        function.log().contains("reading it from the stream"),
         "{}",
         function.log()
     );
-    let long = api.invoke(&event(&s, b, &rb[..200]), &mut function);
-    assert_eq!(failures(&long), Vec::<String>::new());
+    assert_eq!(
+        failures(&api.invoke(&event(&s, b, &rb[200..300]), &mut function)),
+        NONE
+    );
     let c = commits(root, b);
-    assert_eq!(c.len(), 2, "{c:?}");
-    assert_eq!(c[0]["range"], plan["range"], "the planned batch, exactly");
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert_eq!(c[1]["range"], plan["range"], "the planned batch, exactly");
+    assert_eq!(
+        c[1]["records"],
+        json!(
+            150 + (100..250)
+                .map(|i| rb[i]["parts"].as_u64().unwrap() - 1)
+                .sum::<u64>()
+        )
+    );
+    assert_eq!(c[2]["range"][b.as_str()]["first"], at(250, false));
 
-    // The rest of shard B, each batch's invocation SIGKILLed at a random moment, then retried by
-    // a new execution environment, as Lambda does after a timeout or crash.
+    // The rest of shard B, each invocation SIGKILLed at a random moment, then retried by a new
+    // execution environment with a few more records, as Lambda does after a timeout or crash.
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
     eprintln!("lambda kill seed {seed}");
     let (mut unanswered, mut replayed) = (0, 0);
-    for batch in rb[200..].chunks(15) {
-        let e = event(&s, b, batch);
+    let mut i = 300;
+    while i < rb.len() {
+        let e = event(&s, b, &rb[i..(i + 15).min(rb.len())]);
         let id = api.send(&e);
         seed = seed
             .wrapping_mul(6364136223846793005)
@@ -475,9 +516,11 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
         std::thread::sleep(Duration::from_millis(200));
         api.clear();
         function = Function::start(root, &api);
-        let r = api.invoke(&e, &mut function);
-        assert_eq!(failures(&r), Vec::<String>::new());
+        let end = (i + 20).min(rb.len());
+        let r = api.invoke(&event(&s, b, &rb[i..end]), &mut function);
+        assert_eq!(failures(&r), NONE);
         replayed += function.log().matches("planned but not committed").count();
+        i = end;
     }
     eprintln!(
         "lambda kills (invocation {invocation:?}): {unanswered} before the answer, {replayed} replays of a planned batch"
@@ -504,7 +547,7 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
          (SELECT count(*) FROM (({landed}) EXCEPT ALL ({expected}))), \
          (SELECT count(*) FROM (({expected}) EXCEPT ALL ({landed})))"
     ));
-    assert_eq!(counts, ["1000,1000,0,0"], "landed, sent, extra, missing");
+    assert_eq!(counts, ["2000,2000,0,0"], "landed, sent, extra, missing");
     // The per-batch aggregate, summed over batches, equals the aggregate over every event.
     let minute = duckdb(&format!(
         "WITH l AS (SELECT product_id, minute, sum(events) e, sum(units) u, sum(revenue) r FROM {} GROUP BY ALL), \

@@ -1,8 +1,9 @@
 //! Lambda mode's source: the Kinesis records one invocation of `weir lambda` brings, grouped by
 //! shard. Each shard's records are a [`Source`] of their own, read after that shard's checkpoint
 //! (records a retried event repeats are skipped) or over exactly a planned batch's range (a batch
-//! an earlier attempt planned but did not commit), KPL aggregates unpacked as the Kinesis source
-//! does.
+//! an earlier attempt planned but did not commit: from the event when it holds the whole range,
+//! else from the stream itself, as `weir run` replays), KPL aggregates unpacked as the Kinesis
+//! source does.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use aws_lambda_events::event::kinesis::KinesisEvent;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::kinesis::{ChunkBuilder, kpl};
+use super::kinesis::{ChunkBuilder, KinesisSource, StartAt, kpl};
 use super::{BatchRange, Checkpoint, ChunkLimits, Position, RawChunk, Source, SourceError};
 
 /// One Kinesis record of an event.
@@ -26,6 +27,8 @@ pub struct EventRecord {
 #[derive(Debug, Clone)]
 pub struct ShardRecords {
     pub shard: Arc<str>,
+    /// The stream's name, from the records' `eventSourceARN` (`arn:…:stream/NAME`), if given.
+    pub stream: Option<String>,
     pub records: Vec<EventRecord>,
 }
 
@@ -64,6 +67,11 @@ pub fn by_shard(event: KinesisEvent) -> Result<Vec<ShardRecords>, String> {
                 "record {i} of the event has sequence number \"{seq}\", not a decimal number"
             ));
         }
+        let stream = r
+            .event_source_arn
+            .as_deref()
+            .and_then(|arn| arn.split_once(":stream/"))
+            .map(|(_, name)| name.to_string());
         let record = EventRecord {
             seq,
             data: Bytes::from(r.kinesis.data.0),
@@ -84,6 +92,7 @@ pub fn by_shard(event: KinesisEvent) -> Result<Vec<ShardRecords>, String> {
             }
             None => shards.push(ShardRecords {
                 shard: Arc::from(shard),
+                stream,
                 records: vec![record],
             }),
         }
@@ -102,11 +111,11 @@ impl EventSource {
         Self { records, limits }
     }
 
-    /// Sends every (unpacked) record after `after` and up to `until`, in order; returns the first
-    /// and last positions sent.
+    /// Sends every (unpacked) record from `from` (after it, unless `inclusive`) up to `until`,
+    /// in order; returns the first and last positions sent.
     async fn send(
         &self,
-        after: Option<&Position>,
+        from: Option<(&Position, bool)>,
         until: Option<&Position>,
         tx: &mpsc::Sender<RawChunk>,
     ) -> Option<(Position, Position)> {
@@ -119,7 +128,12 @@ impl EventSource {
             };
             for (sub, part) in parts.into_iter().enumerate() {
                 let pos = Position::sequence(r.seq.clone(), sub as u64);
-                if after.is_some_and(|a| &pos <= a) {
+                let before = match from {
+                    Some((f, true)) => &pos < f,
+                    Some((f, false)) => &pos <= f,
+                    None => false,
+                };
+                if before {
                     continue;
                 }
                 if until.is_some_and(|u| &pos > u) {
@@ -169,10 +183,14 @@ impl Source for EventSource {
     }
 
     async fn read(&self, from: &Checkpoint, tx: mpsc::Sender<RawChunk>) -> Result<(), SourceError> {
-        self.send(from.get(&*self.records.shard), None, &tx).await;
+        let after = from.get(&*self.records.shard).map(|p| (p, false));
+        self.send(after, None, &tx).await;
         Ok(())
     }
 
+    /// The range from the event when it holds all of it (a retry holds at least the batch its
+    /// first attempt planned, unless the mapping's batch size shrank or it bisects), else from
+    /// the stream (`GetRecords` from the range's first sequence number).
     async fn read_range(
         &self,
         range: &BatchRange,
@@ -184,40 +202,52 @@ impl Source for EventSource {
                     shard: shard.clone(),
                 });
             }
-            // The record just before the range's first, inside its aggregate or before it.
-            let after = match &r.first {
-                Position::Sequence { seq, sub } if *sub > 0 => {
-                    Some(Position::sequence(seq.clone(), sub - 1))
+            if self.holds(&r.first, &r.last) {
+                match self.send(Some((&r.first, true)), Some(&r.last), &tx).await {
+                    Some((first, last)) if first == r.first && last == r.last => continue,
+                    _ => {}
                 }
-                _ => None,
-            };
-            let not_held = || SourceError::NotInEvent {
-                shard: shard.clone(),
-                first: r.first.to_string(),
-                last: r.last.to_string(),
-                held: self.held(),
-            };
-            // Nothing may be sent unless the event holds the whole range: check first.
-            let first_seq = match &r.first {
-                Position::Sequence { seq, .. } => seq,
-                Position::Line(_) => return Err(not_held()),
-            };
-            let last_seq = match &r.last {
-                Position::Sequence { seq, .. } => seq,
-                Position::Line(_) => return Err(not_held()),
-            };
-            let seqs = &self.records.records;
-            if !seqs.iter().any(|x| &x.seq == first_seq) || !seqs.iter().any(|x| &x.seq == last_seq)
-            {
-                return Err(not_held());
+                // Held by sequence number, yet not sub-record for sub-record: a corrupt event.
+                return Err(self.not_held(shard, r));
             }
-            let until = r.last.clone();
-            match self.send(after.as_ref(), Some(&until), &tx).await {
-                Some((first, last)) if first == r.first && last == r.last => {}
-                _ => return Err(not_held()),
-            }
+            let Some(stream) = &self.records.stream else {
+                return Err(self.not_held(shard, r));
+            };
+            tracing::info!(
+                shard,
+                first = %r.first,
+                last = %r.last,
+                "the event does not hold the planned batch: reading it from the stream"
+            );
+            let kinesis = KinesisSource::open(stream, StartAt::TrimHorizon, self.limits).await?;
+            let one = BatchRange::from([(shard.clone(), r.clone())]);
+            kinesis.read_range(&one, tx.clone()).await?;
         }
         Ok(())
+    }
+}
+
+impl EventSource {
+    /// Whether the event holds the records from `first` through `last` (by sequence number).
+    fn holds(&self, first: &Position, last: &Position) -> bool {
+        let seq = |p: &Position| match p {
+            Position::Sequence { seq, .. } => Some(seq.clone()),
+            Position::Line(_) => None,
+        };
+        let (Some(first), Some(last)) = (seq(first), seq(last)) else {
+            return false;
+        };
+        let has = |s: &str| self.records.records.iter().any(|r| r.seq == s);
+        has(&first) && has(&last)
+    }
+
+    fn not_held(&self, shard: &str, r: &super::ShardRange) -> SourceError {
+        SourceError::NotInEvent {
+            shard: shard.to_string(),
+            first: r.first.to_string(),
+            last: r.last.to_string(),
+            held: self.held(),
+        }
     }
 }
 
@@ -316,13 +346,19 @@ mod tests {
                 },
             )])
         };
-        let (tx, mut rx) = mpsc::channel(16);
-        source.read_range(&range("10", "11"), tx).await.unwrap();
-        let mut n = 0;
-        while let Some(c) = rx.recv().await {
-            n += c.len();
+        // From the event's first record, and from one inside it.
+        for (first, last, want) in [("10", "11", ["a", "b"]), ("11", "12", ["b", "c"])] {
+            let (tx, mut rx) = mpsc::channel(16);
+            source.read_range(&range(first, last), tx).await.unwrap();
+            let mut got = Vec::new();
+            while let Some(c) = rx.recv().await {
+                for i in 0..c.len() {
+                    got.push(String::from_utf8_lossy(c.record(i)).to_string());
+                }
+            }
+            assert_eq!(got, want);
         }
-        assert_eq!(n, 2);
+        // Not all held, and no stream to read the rest from.
         for (first, last) in [("9", "11"), ("11", "13")] {
             let (tx, mut rx) = mpsc::channel(16);
             let err = source
