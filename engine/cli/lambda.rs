@@ -132,8 +132,7 @@ impl Function {
         for records in shards {
             let shard = records.shard.clone();
             let count = records.records.len();
-            let stop = tokio::time::sleep_until(stop_at);
-            let committed = match self.run_shard(records.clone(), stop).await {
+            let committed = match self.run_shard(records.clone(), stop_at).await {
                 Ok(s) => {
                     tracing::info!(
                         shard = %shard,
@@ -170,26 +169,36 @@ impl Function {
         }
     }
 
-    /// Commits one shard's records; `stop` (the invocation's time nearly up) ends the run after
-    /// the batch in hand, or the wait for the warehouses (the next invocation loads the rest).
+    /// Commits one shard's records; at `stop_at` (the invocation's time nearly up) the run ends
+    /// after the batch in hand, or the wait for the warehouses (the next invocation loads the
+    /// rest).
     async fn run_shard(
         &self,
         records: ShardRecords,
-        stop: impl Future<Output = ()>,
+        stop_at: tokio::time::Instant,
     ) -> Result<RunSummary, PipelineError> {
         let shard = records.shard.to_string();
         let writer = self.writer(&shard);
         let source = Arc::new(EventSource::new(records, chunk_limits(&self.job.batch)));
         let cached = self.destinations.lock().await.get(&shard).cloned();
         let prepared = cached.is_some();
-        let pipeline =
-            Pipeline::open_lambda(writer, &self.opts, self.transforms.clone(), source, cached)
-                .await?;
+        // Opening (the lake's tables; the warehouses, on a shard's first invocation here) counts
+        // against the invocation's time too: past the stop, the records are left to the retry.
+        let open =
+            Pipeline::open_lambda(writer, &self.opts, self.transforms.clone(), source, cached);
+        let Ok(opened) = tokio::time::timeout_at(stop_at, open).await else {
+            return Err(PipelineError::Source(crate::source::SourceError::Invalid {
+                input: shard,
+                message: "the invocation's time ran out while opening the lake and its warehouses"
+                    .into(),
+            }));
+        };
+        let pipeline = opened?;
         if !prepared {
             let d = pipeline.destinations();
             self.destinations.lock().await.insert(shard, d);
         }
-        pipeline.run(stop).await
+        pipeline.run(tokio::time::sleep_until(stop_at)).await
     }
 
     /// The shard's last committed position, from its writer's commit log.

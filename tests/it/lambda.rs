@@ -19,8 +19,9 @@ use crate::kinesis::{aws_env, stream};
 
 const NONE: [&str; 0] = [];
 
-/// Events waiting for the function's `/next`: (request id, body), and a bell.
-type Queue = Arc<(Mutex<VecDeque<(String, String)>>, Condvar)>;
+/// Events waiting for the function's `/next`: (request id, body, deadline in ms from now), and a
+/// bell.
+type Queue = Arc<(Mutex<VecDeque<(String, String, i64)>>, Condvar)>;
 
 /// An invocation's outcome: the function's response, or its error report.
 type Outcome = (String, Result<Value, String>);
@@ -57,12 +58,17 @@ impl RuntimeApi {
 
     /// Queues an event for the function's next `/next`; returns its request id.
     fn send(&self, event: &Value) -> String {
+        self.send_with_deadline(event, 300_000)
+    }
+
+    /// Queues an event whose invocation must end within `deadline_ms` (Lambda's timeout).
+    fn send_with_deadline(&self, event: &Value, deadline_ms: i64) -> String {
         let id = format!("req-{}", self.next_id.get());
         self.next_id.set(self.next_id.get() + 1);
         let (lock, ready) = &*self.queue;
         lock.lock()
             .unwrap()
-            .push_back((id.clone(), event.to_string()));
+            .push_back((id.clone(), event.to_string(), deadline_ms));
         ready.notify_all();
         id
     }
@@ -84,9 +90,14 @@ impl RuntimeApi {
     /// the function exits or does not answer within two minutes).
     fn invoke(&self, event: &Value, function: &mut Function) -> Value {
         let id = self.send(event);
+        self.answer(&id, function)
+    }
+
+    /// The function's response to request `id` (panics as [`Self::invoke`] does).
+    fn answer(&self, id: &str, function: &mut Function) -> Value {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(120) {
-            match self.outcome(&id, Duration::from_secs(1)) {
+            match self.outcome(id, Duration::from_secs(1)) {
                 Some(Ok(v)) => return v,
                 Some(Err(e)) => panic!("invocation {id} failed: {e}\n{}", function.log()),
                 None => {}
@@ -137,7 +148,7 @@ fn serve(conn: TcpStream, queue: Queue, tx: mpsc::Sender<Outcome>) {
             // Long poll; a function killed meanwhile closes its connection: give up then.
             let (lock, ready) = &*queue;
             let mut q = lock.lock().unwrap();
-            let (id, event) = loop {
+            let (id, event, deadline_ms) = loop {
                 if let Some(e) = q.pop_front() {
                     break e;
                 }
@@ -147,7 +158,7 @@ fn serve(conn: TcpStream, queue: Queue, tx: mpsc::Sender<Outcome>) {
                 }
             };
             drop(q);
-            let deadline = chrono::Utc::now().timestamp_millis() + 300_000;
+            let deadline = chrono::Utc::now().timestamp_millis() + deadline_ms;
             format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\nLambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:weir\r\nLambda-Runtime-Trace-Id: Root=1-00000000-000000000000000000000000\r\nContent-Length: {}\r\n\r\n{event}",
                 event.len()
@@ -420,6 +431,12 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
         "the retry's committed part is skipped"
     );
 
+    // An invocation whose time is up before it starts commits nothing and answers so.
+    let late = api.send_with_deadline(&event(&s, a, batches_a[2]), -1);
+    let r = api.answer(&late, &mut function);
+    assert_eq!(failures(&r), [batches_a[2][0]["seq"].as_str().unwrap()]);
+    assert_eq!(commits(root, a).len(), 2);
+
     // How long a warm invocation takes: the kills below land within that.
     let mut took = Vec::new();
     for batch in &batches_a[2..] {
@@ -432,9 +449,10 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
     let invocation = took[took.len() / 2];
 
     // Shard B: after its first batch, an earlier attempt planned a batch of the next 150 records
-    // in two micro-batches and died. The retry holds only 100 of them (a smaller batch size
-    // meanwhile): the batch is replayed exactly, its first micro-batch from the event, the rest
-    // read from the stream; then the next event's records up to the plan's end are skipped.
+    // in two micro-batches and died. The retry starts before them (50 records were committed) and
+    // holds only 100 of them (a smaller batch size meanwhile): the batch is replayed exactly, its
+    // first micro-batch from inside the event, the rest read from the stream; then the next
+    // event's records up to the plan's end are skipped.
     assert_eq!(
         failures(&api.invoke(&event(&s, b, &rb[..100]), &mut function)),
         NONE
@@ -461,7 +479,7 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
         serde_json::to_vec(&plan).unwrap(),
     )
     .unwrap();
-    let r = api.invoke(&event(&s, b, &rb[100..200]), &mut function);
+    let r = api.invoke(&event(&s, b, &rb[50..200]), &mut function);
     assert_eq!(failures(&r), NONE);
     assert!(
         function.log().contains("reading it from the stream"),

@@ -43,8 +43,9 @@ impl ShardRecords {
         self.records
             .iter()
             .find(|r| {
-                let parts = kpl::deaggregate(&r.data).map_or(1, |p| p.len().max(1)) as u64;
-                Position::sequence(r.seq.clone(), parts - 1) > done
+                // An aggregate of no user records holds nothing to commit.
+                let parts = kpl::deaggregate(&r.data).map_or(1, |p| p.len()) as u64;
+                parts > 0 && Position::sequence(r.seq.clone(), parts - 1) > done
             })
             .map(|r| r.seq.as_str())
     }
@@ -326,6 +327,15 @@ mod tests {
         let end = Position::sequence("12", 0);
         assert_eq!(shards[0].first_after(Some(&end)), None);
         assert_eq!(shards[0].first_after(None), Some("10"));
+        // An aggregate of no records holds nothing to retry.
+        let empty = kpl::aggregate("pk", Vec::<Bytes>::new());
+        let quiet = by_shard(event(&[
+            ("shardId-1", "20", b"d"),
+            ("shardId-1", "21", &empty),
+        ]))
+        .unwrap();
+        let done = Position::sequence("20", 0);
+        assert_eq!(quiet[0].first_after(Some(&done)), None);
     }
 
     #[tokio::test]
