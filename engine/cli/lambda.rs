@@ -22,9 +22,10 @@ use crate::job::{Emit, Job};
 use crate::pipeline::{
     Destinations, Pipeline, PipelineError, RunOptions, RunSummary, chunk_limits,
 };
-use crate::sink::lake::Lake;
+use crate::sink::lake::Layout;
 use crate::source::Position;
 use crate::source::lambda::{EventSource, ShardRecords, by_shard};
+use crate::storage::Location;
 use crate::transform::Transforms;
 
 /// What the Lambda runtime sets; `weir lambda` outside Lambda (or a test harness) says so.
@@ -206,12 +207,9 @@ impl Function {
         let writer = self.writer(shard);
         let target = self.job.target(self.opts.target.as_deref())?;
         let url = self.opts.lake.clone().unwrap_or(target.lake.clone());
-        let lake = Lake::open(&url, &writer).await?;
-        let commits = ObjectCommitStore::new(
-            lake.store(),
-            lake.path(&lake.layout().state()),
-            &writer.name,
-        );
+        let location = Location::parse(&url)?;
+        let state = location.path(&Layout::new(&writer.name).state());
+        let commits = ObjectCommitStore::new(location.store.clone(), state, &writer.name);
         let recovered = commits.recover().await.context("reading the commit log")?;
         Ok(recovered
             .last
