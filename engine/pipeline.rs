@@ -359,6 +359,7 @@ impl Pipeline {
                     stream,
                     start,
                     timestamp,
+                    consumer,
                 },
                 None,
             ) => {
@@ -369,7 +370,7 @@ impl Pipeline {
                             message,
                         }
                     })?;
-                Arc::new(KinesisSource::open(stream, start, limits).await?)
+                Arc::new(KinesisSource::open(stream, start, consumer.as_deref(), limits).await?)
             }
         };
         Self::assemble(job, target, policy, source, transforms, &lake_url, None).await

@@ -3,9 +3,17 @@
 # (unit, integration, golden SQL tests of the sample job). Usage: tests/run.sh [cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tests/setup.sh
+# A cold build is most of a fresh machine's time: it runs while setup installs the stand-ins (mostly
+# downloads). Only cargo's own arguments (those before `--`) apply to it.
+cargo_args=()
+for a in "$@"; do [ "$a" = "--" ] && break; cargo_args+=("$a"); done
+cargo test --locked --no-run ${cargo_args[@]+"${cargo_args[@]}"} &
+build=$!
+if ! tests/setup.sh; then kill "$build" 2>/dev/null || true; exit 1; fi
+wait "$build"
 export WEIR_TEST_PYTHON="$PWD/.venv/bin/python"
 export WEIR_TEST_KINESIS="http://127.0.0.1:45670"
+export WEIR_TEST_KINESIS_FANOUT="http://127.0.0.1:45674"
 export WEIR_TEST_S3="http://127.0.0.1:45671"
 export WEIR_TEST_GLUE="http://127.0.0.1:45671"
 export WEIR_TEST_BIGQUERY="http://127.0.0.1:45672"

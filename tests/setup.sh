@@ -5,11 +5,13 @@
 #                     (independent producers), moto (S3/Glue/DynamoDB stand-in), psycopg and
 #                     playwright (drives chromium) for weir serve, onnxruntime + scikit-learn +
 #                     skl2onnx (the models test's oracle and the pipelines it trains)
-#   .stand-ins/       kinesalite (npm) for Kinesis
+#   .stand-ins/       kinesalite (npm) for Kinesis; kinesis-local (npm, kinesis-mock) for enhanced
+#                     fan-out (SubscribeToShard)
 #   chromium, psql    Debian packages (apt) for the dashboard and PostgreSQL endpoint tests
 #   .venv-bigquery    Python 3.13 venv: the local-bigquery emulator (DuckDB 1.5.5 + its extensions)
 #   127.0.0.1:45670   kinesalite      127.0.0.1:45671   moto server (S3, Glue)
 #   127.0.0.1:45672   BigQuery emulator (REST; gRPC on 45673)
+#   127.0.0.1:45674   kinesis-local (plain HTTP; its TLS port is 45675)
 # PostgreSQL (127.0.0.1:5432, database test) is run by the machine, not here.
 # Prints the environment the tests use (sourced by tests/run.sh).
 set -euo pipefail
@@ -45,11 +47,11 @@ fi
 
 if ! cmp -s tests/stand-ins/package.json "$stand/package.json"; then
   command -v npm >/dev/null || { echo "setup: npm is needed for kinesalite (apt-get install nodejs npm)" >&2; exit 1; }
-  echo "setup: installing kinesalite into $stand" >&2
+  echo "setup: installing kinesalite and kinesis-local into $stand" >&2
   cp tests/stand-ins/package.json "$stand/package.json"
   (cd "$stand" && npm install --no-audit --no-fund --silent >&2)
 fi
-cp tests/stand-ins/kinesalite.js "$stand/kinesalite.js"
+cp tests/stand-ins/kinesalite.js tests/stand-ins/kinesis-local.js "$stand/"
 
 open_port() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {
@@ -60,6 +62,12 @@ if ! open_port 45670; then
   echo "setup: starting kinesalite on 127.0.0.1:45670" >&2
   (cd "$stand" && PORT=45670 setsid nohup node kinesalite.js >"$stand/kinesalite.log" 2>&1 &)
   wait_port 45670 kinesalite
+fi
+if ! open_port 45674; then
+  echo "setup: starting kinesis-local on 127.0.0.1:45674" >&2
+  (cd "$stand" && KINESIS_MOCK_PLAIN_PORT=45674 KINESIS_MOCK_TLS_PORT=45675 LOG_LEVEL=WARN \
+     setsid nohup node kinesis-local.js >"$stand/kinesis-local.log" 2>&1 &)
+  wait_port 45674 kinesis-local
 fi
 if ! open_port 45671; then
   echo "setup: starting moto on 127.0.0.1:45671" >&2

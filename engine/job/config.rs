@@ -271,6 +271,9 @@ pub enum SourceConfig {
         start: Option<String>,
         /// RFC 3339 time for start = "at_timestamp".
         timestamp: Option<String>,
+        /// An enhanced fan-out consumer name: registered if missing, then every shard is read
+        /// by SubscribeToShard (pushed, dedicated throughput) instead of GetRecords.
+        consumer: Option<String>,
     },
 }
 

@@ -378,11 +378,18 @@ impl Job {
                 None => None,
             };
             if let SourceConfig::Kinesis {
-                start, timestamp, ..
+                start,
+                timestamp,
+                consumer,
+                ..
             } = &t.source
             {
                 crate::source::kinesis::StartAt::parse(start.as_deref(), timestamp.as_deref())
                     .map_err(|m| bad(&format!("targets.{name}.source"), m))?;
+                if let Some(c) = consumer {
+                    crate::source::kinesis::check_consumer_name(c)
+                        .map_err(|m| bad(&format!("targets.{name}.source.consumer"), m))?;
+                }
             }
             let loads = {
                 let key = |k: &str| format!("targets.{name}.loads.{k}");

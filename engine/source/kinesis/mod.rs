@@ -2,6 +2,7 @@
 //! before children, KPL aggregates unpacked, resume and replay by (sequence, sub-sequence).
 //! Credentials, region and endpoint come from aws-config's standard chain (`AWS_ENDPOINT_URL*`).
 
+mod fanout;
 pub mod kpl;
 mod reader;
 pub mod shards;
@@ -20,6 +21,7 @@ use super::{BatchRange, Checkpoint, ChunkLimits, Position, RawChunk, Source, Sou
 pub(crate) use reader::ChunkBuilder;
 pub use reader::ShardEnd;
 use reader::ShardRead;
+use shards::ShardInfo;
 
 /// ListShards attempts at start (each with the SDK's own retries) before the run gives up.
 const START_ATTEMPTS: u32 = 4;
@@ -70,13 +72,18 @@ pub struct KinesisSource {
     stream: String,
     start: StartAt,
     limits: ChunkLimits,
+    /// The enhanced fan-out consumer's ARN, when one is named: shards are then read by
+    /// SubscribeToShard instead of GetRecords.
+    consumer_arn: Option<String>,
 }
 
 impl KinesisSource {
-    /// Connects with the standard AWS configuration and checks that the stream exists.
+    /// Connects with the standard AWS configuration and checks that the stream exists; with a
+    /// `consumer`, registers it (or finds it) and waits until it is active.
     pub async fn open(
         stream: &str,
         start: StartAt,
+        consumer: Option<&str>,
         limits: ChunkLimits,
     ) -> Result<Self, SourceError> {
         let config = aws_config::load_from_env().await;
@@ -92,12 +99,51 @@ impl KinesisSource {
                 .build(),
         );
         shards::list(&client, stream, Some(START_ATTEMPTS)).await?;
+        let consumer_arn = match consumer {
+            Some(name) => Some(fanout::register(&client, stream, name).await?),
+            None => None,
+        };
         Ok(Self {
             client,
             stream: stream.to_string(),
             start,
             limits,
+            consumer_arn,
         })
+    }
+
+    /// Reads one shard from `start` (after `after`) to its end: pushed to a subscription when
+    /// there is a consumer, polled otherwise.
+    fn spawn_shard(
+        &self,
+        tasks: &mut JoinSet<(String, Result<ShardEnd, SourceError>)>,
+        closed: &fanout::ClosedShards,
+        shard: &str,
+        start: StartAt,
+        after: Option<Position>,
+        tx: mpsc::Sender<RawChunk>,
+    ) {
+        let id = shard.to_string();
+        match &self.consumer_arn {
+            Some(arn) => {
+                let sub = fanout::Subscription {
+                    client: self.client.clone(),
+                    stream: self.stream.clone(),
+                    consumer_arn: arn.clone(),
+                    shard: shard.into(),
+                    start,
+                    after,
+                    limits: self.limits,
+                    renew_after: fanout::renew_after(),
+                    closed: closed.clone(),
+                };
+                tasks.spawn(async move { (id, sub.run(tx).await) });
+            }
+            None => {
+                let read = self.shard_read(shard, start, after, None);
+                tasks.spawn(async move { (id, read.run(tx).await) });
+            }
+        }
     }
 
     fn shard_read(
@@ -119,6 +165,18 @@ impl KinesisSource {
     }
 }
 
+/// Checks an enhanced fan-out consumer name as Kinesis does: 1 to 128 of `a-zA-Z0-9_.-`.
+pub fn check_consumer_name(name: &str) -> Result<(), String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if name.is_empty() || name.len() > 128 || !name.chars().all(valid) {
+        return Err(format!(
+            "\"{name}\" is not a consumer name: use 1 to 128 letters, digits, '_', '.' or '-', \
+             e.g. \"weir-shop\""
+        ));
+    }
+    Ok(())
+}
+
 /// The iterator start for a shard resuming after `pos`.
 fn resume(pos: &Position) -> StartAt {
     match pos {
@@ -130,7 +188,10 @@ fn resume(pos: &Position) -> StartAt {
 #[async_trait]
 impl Source for KinesisSource {
     fn describe(&self) -> String {
-        format!("kinesis stream {}", self.stream)
+        match &self.consumer_arn {
+            Some(arn) => format!("kinesis stream {} (enhanced fan-out, {arn})", self.stream),
+            None => format!("kinesis stream {}", self.stream),
+        }
     }
 
     fn size_hint(&self) -> Option<u64> {
@@ -140,7 +201,10 @@ impl Source for KinesisSource {
     async fn read(&self, from: &Checkpoint, tx: mpsc::Sender<RawChunk>) -> Result<(), SourceError> {
         let mut started = BTreeSet::new();
         let mut finished = BTreeSet::new();
+        // Children named by their parents' last answers, until ListShards lists them too.
+        let mut announced: Vec<ShardInfo> = Vec::new();
         let mut tasks: JoinSet<(String, Result<ShardEnd, SourceError>)> = JoinSet::new();
+        let closed = fanout::ClosedShards::default();
         let mut discover = tokio::time::interval(SHARD_DISCOVERY);
         loop {
             tokio::select! {
@@ -148,16 +212,27 @@ impl Source for KinesisSource {
                 Some(done) = tasks.join_next() => {
                     let (shard, end) = done.expect("shard reader panicked");
                     match end? {
-                        ShardEnd::Closed => {
-                            tracing::info!(%shard, "shard closed and read to its end");
+                        ShardEnd::Closed(children) => {
+                            tracing::info!(
+                                %shard,
+                                children = ?children.iter().map(|c| &c.id).collect::<Vec<_>>(),
+                                "shard closed and read to its end"
+                            );
                             finished.insert(shard);
+                            announced.extend(children);
                         }
                         ShardEnd::Stopped => return Ok(()),
                     }
                 }
                 _ = tx.closed() => return Ok(()),
             }
-            let listed = shards::list(&self.client, &self.stream, None).await?;
+            let mut listed = shards::list(&self.client, &self.stream, None).await?;
+            announced.retain(|c| !listed.iter().any(|l| l.id == c.id));
+            listed.extend(announced.iter().cloned());
+            closed
+                .lock()
+                .unwrap()
+                .extend(listed.iter().filter(|s| s.closed).map(|s| s.id.clone()));
             for s in shards::ready(&listed, &started, &finished) {
                 let after = from.get(&s.id).cloned();
                 let start = match (&after, s.parents.is_empty()) {
@@ -167,10 +242,7 @@ impl Source for KinesisSource {
                     (None, true) => self.start.clone(),
                 };
                 tracing::info!(shard = %s.id, ?start, "reading shard");
-                let read = self.shard_read(&s.id, start, after, None);
-                let tx = tx.clone();
-                let id = s.id.clone();
-                tasks.spawn(async move { (id, read.run(tx).await) });
+                self.spawn_shard(&mut tasks, &closed, &s.id, start, after, tx.clone());
                 started.insert(s.id);
             }
         }

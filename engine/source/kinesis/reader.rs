@@ -8,11 +8,12 @@ use std::time::Duration;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::primitives::DateTime as AwsDateTime;
-use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::types::{ChildShard, Record, ShardIteratorType};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::shards::ShardInfo;
 use super::{StartAt, error_text, kpl};
 use crate::source::{ChunkLimits, Position, RawChunk, SourceError};
 
@@ -32,10 +33,110 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How a shard read ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ShardEnd {
-    /// The shard is closed and read to its end.
-    Closed,
+    /// The shard is closed and read to its end; its children, as the last answer named them
+    /// (empty when the service does not say).
+    Closed(Vec<ShardInfo>),
     /// The requested range was read, or the receiver went away.
     Stopped,
+}
+
+/// `start` with LATEST replaced by the current moment, for a read that must start again at the
+/// same place (an expired iterator, a renewed subscription) before it has taken a record.
+pub(super) fn pin(start: &StartAt) -> StartAt {
+    match start {
+        StartAt::Latest => {
+            StartAt::Timestamp(chrono::Utc::now().timestamp_millis() - LATEST_CLOCK_MARGIN_MS)
+        }
+        other => other.clone(),
+    }
+}
+
+/// The children a closed shard's last answer names (`ChildShards`).
+pub(super) fn children(child_shards: &[ChildShard]) -> Vec<ShardInfo> {
+    child_shards
+        .iter()
+        .map(|c| ShardInfo {
+            id: c.shard_id().to_string(),
+            parents: c.parent_shards().to_vec(),
+            closed: false,
+        })
+        .collect()
+}
+
+/// What a shard read has taken so far: the records after `last` (a KPL aggregate may be resumed
+/// inside) and, for a replay, up to `until`, cut into chunks. Shared by polling and subscriptions.
+pub(super) struct Cursor {
+    shard: Arc<str>,
+    limits: ChunkLimits,
+    /// The last position taken (or the resume point).
+    pub last: Option<Position>,
+    until: Option<Position>,
+}
+
+/// What [`Cursor::take`] ended with.
+pub(super) enum Taken {
+    /// Every record was taken; read on.
+    More,
+    /// The replayed range is complete.
+    RangeEnd,
+    /// The receiver went away: stop.
+    ReceiverGone,
+}
+
+impl Cursor {
+    pub(super) fn new(
+        shard: Arc<str>,
+        limits: ChunkLimits,
+        after: Option<Position>,
+        until: Option<Position>,
+    ) -> Self {
+        Self {
+            shard,
+            limits,
+            last: after,
+            until,
+        }
+    }
+
+    /// Takes the records of one answer (unpacking KPL aggregates; a corrupt one is a dead letter)
+    /// and sends them in chunks. Every part of a record is taken before this returns, unless the
+    /// receiver goes away.
+    pub(super) async fn take(&mut self, records: &[Record], tx: &mpsc::Sender<RawChunk>) -> Taken {
+        let mut chunk = ChunkBuilder::new(self.shard.clone(), self.limits);
+        let mut reached_end = false;
+        'records: for r in records {
+            let data = Bytes::copy_from_slice(r.data().as_ref());
+            let arrived = r
+                .approximate_arrival_timestamp()
+                .and_then(|t| t.to_millis().ok());
+            let (parts, rejected) = match kpl::deaggregate(&data) {
+                Ok(parts) => (parts, None),
+                Err(reason) => (vec![data], Some(reason)),
+            };
+            for (sub, part) in parts.into_iter().enumerate() {
+                let pos = Position::sequence(r.sequence_number(), sub as u64);
+                if self.last.as_ref().is_some_and(|l| &pos <= l) {
+                    continue;
+                }
+                if self.until.as_ref().is_some_and(|u| &pos > u) {
+                    reached_end = true;
+                    break 'records;
+                }
+                chunk.push(part, pos.clone(), arrived, rejected.clone());
+                self.last = Some(pos);
+                if chunk.full() && tx.send(chunk.take()).await.is_err() {
+                    return Taken::ReceiverGone;
+                }
+            }
+        }
+        if !chunk.is_empty() && tx.send(chunk.take()).await.is_err() {
+            return Taken::ReceiverGone;
+        }
+        if reached_end || (self.until.is_some() && self.last == self.until) {
+            return Taken::RangeEnd;
+        }
+        Taken::More
+    }
 }
 
 /// What to read of one shard.
@@ -102,14 +203,14 @@ impl ShardRead {
     pub async fn run(self, tx: mpsc::Sender<RawChunk>) -> Result<ShardEnd, SourceError> {
         // LATEST is pinned to the moment of the first iterator: one re-created after it expired,
         // before any record was read, starts there again instead of skipping what arrived since.
-        let pinned = match self.start {
-            StartAt::Latest => {
-                StartAt::Timestamp(chrono::Utc::now().timestamp_millis() - LATEST_CLOCK_MARGIN_MS)
-            }
-            ref other => other.clone(),
-        };
+        let pinned = pin(&self.start);
         let mut iterator = self.iterator(&self.start).await?;
-        let mut last = self.after.clone();
+        let mut cursor = Cursor::new(
+            self.shard.clone(),
+            self.limits,
+            self.after.clone(),
+            self.until.clone(),
+        );
         // A replay starts at the recorded first sequence number; it must be the first one read.
         let mut empty_at_tip = 0;
         let mut first_of_range = match (&self.until, &self.start) {
@@ -137,7 +238,7 @@ impl ShardRead {
                         Some(GetRecordsError::ExpiredIteratorException(_))
                     ) =>
                 {
-                    let from = match &last {
+                    let from = match &cursor.last {
                         Some(Position::Sequence { seq, .. }) => StartAt::Sequence(seq.clone()),
                         _ => pinned.clone(),
                     };
@@ -159,48 +260,19 @@ impl ShardRead {
             let behind = resp.millis_behind_latest().unwrap_or(0);
             lag.set(behind as f64);
 
-            let mut chunk = ChunkBuilder::new(self.shard.clone(), self.limits);
-            let mut reached_end = false;
             if let Some(r) = resp.records().first()
                 && let Some(first) = first_of_range.take()
                 && r.sequence_number() != first
             {
                 return Err(self.range_gone(&first));
             }
-            'records: for r in resp.records() {
-                let data = Bytes::copy_from_slice(r.data().as_ref());
-                let arrived = r
-                    .approximate_arrival_timestamp()
-                    .and_then(|t| t.to_millis().ok());
-                let (parts, rejected) = match kpl::deaggregate(&data) {
-                    Ok(parts) => (parts, None),
-                    Err(reason) => (vec![data], Some(reason)),
-                };
-                for (sub, part) in parts.into_iter().enumerate() {
-                    let pos = Position::sequence(r.sequence_number(), sub as u64);
-                    if last.as_ref().is_some_and(|l| &pos <= l) {
-                        continue;
-                    }
-                    if self.until.as_ref().is_some_and(|u| &pos > u) {
-                        reached_end = true;
-                        break 'records;
-                    }
-                    chunk.push(part, pos.clone(), arrived, rejected.clone());
-                    last = Some(pos);
-                    if chunk.full() && tx.send(chunk.take()).await.is_err() {
-                        return Ok(ShardEnd::Stopped);
-                    }
-                }
-            }
-            if !chunk.is_empty() && tx.send(chunk.take()).await.is_err() {
-                return Ok(ShardEnd::Stopped);
-            }
-            if reached_end || (self.until.is_some() && last.as_ref() == self.until.as_ref()) {
-                return Ok(ShardEnd::Stopped);
+            match cursor.take(resp.records(), &tx).await {
+                Taken::More => {}
+                Taken::RangeEnd | Taken::ReceiverGone => return Ok(ShardEnd::Stopped),
             }
             match resp.next_shard_iterator() {
                 Some(next) => iterator = next.to_string(),
-                None => return Ok(ShardEnd::Closed),
+                None => return Ok(ShardEnd::Closed(children(resp.child_shards()))),
             }
             empty_at_tip = if resp.records().is_empty() && at_tip {
                 empty_at_tip + 1

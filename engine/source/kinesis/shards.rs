@@ -13,6 +13,9 @@ use crate::source::SourceError;
 pub struct ShardInfo {
     pub id: String,
     pub parents: Vec<String>,
+    /// Closed by a split or merge (it has an ending sequence number): nothing more is written to
+    /// it.
+    pub closed: bool,
 }
 
 /// Every shard of `stream`, following `ListShards` pages; throttling and server errors are retried
@@ -59,6 +62,9 @@ pub async fn list(
                     .chain(s.adjacent_parent_shard_id())
                     .map(str::to_string)
                     .collect(),
+                closed: s
+                    .sequence_number_range()
+                    .is_some_and(|r| r.ending_sequence_number().is_some()),
             });
         }
         match resp.next_token() {
@@ -96,6 +102,7 @@ mod tests {
         ShardInfo {
             id: id.into(),
             parents: parents.iter().map(|p| p.to_string()).collect(),
+            closed: false,
         }
     }
 

@@ -225,7 +225,8 @@ impl Source for EventSource {
                 last = %r.last,
                 "the event does not hold the planned batch: reading it from the stream"
             );
-            let kinesis = KinesisSource::open(stream, StartAt::TrimHorizon, self.limits).await?;
+            let kinesis =
+                KinesisSource::open(stream, StartAt::TrimHorizon, None, self.limits).await?;
             let one = BatchRange::from([(shard.clone(), r.clone())]);
             kinesis.read_range(&one, tx.clone()).await?;
         }
