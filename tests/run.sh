@@ -5,12 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # A cold build is most of a fresh machine's time: it runs while setup installs the stand-ins (mostly
 # downloads). Only cargo's own arguments (those before `--`) apply to it.
+# The build has its own process group, stopped with the script (Ctrl-C, a failed setup).
 cargo_args=()
 for a in "$@"; do [ "$a" = "--" ] && break; cargo_args+=("$a"); done
-cargo test --locked --no-run ${cargo_args[@]+"${cargo_args[@]}"} &
-build=$!
-if ! tests/setup.sh; then kill "$build" 2>/dev/null || true; exit 1; fi
-wait "$build"
+if [[ " ${cargo_args[*]-} " == *" --doc "* ]]; then
+  tests/setup.sh
+else
+  setsid cargo test --locked --no-run ${cargo_args[@]+"${cargo_args[@]}"} &
+  build=$!
+  trap 'kill -- "-$build" 2>/dev/null || true' EXIT INT TERM
+  tests/setup.sh
+  wait "$build"
+  trap - EXIT INT TERM
+fi
 export WEIR_TEST_PYTHON="$PWD/.venv/bin/python"
 export WEIR_TEST_KINESIS="http://127.0.0.1:45670"
 export WEIR_TEST_KINESIS_FANOUT="http://127.0.0.1:45674"

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::operation::describe_stream_consumer::DescribeStreamConsumerError;
 use aws_sdk_kinesis::operation::register_stream_consumer::RegisterStreamConsumerError;
 use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardError;
 use aws_sdk_kinesis::primitives::DateTime as AwsDateTime;
@@ -66,48 +67,69 @@ pub async fn register(client: &Client, stream: &str, name: &str) -> Result<Strin
         .stream_description_summary()
         .map(|s| s.stream_arn().to_string())
         .ok_or_else(|| invalid("DescribeStreamSummary returned no stream ARN".into()))?;
+    // One deadline for registering and for the consumer to become ACTIVE: a quota refusal or a
+    // stream being resharded is retried within it, not forever.
+    let deadline = Instant::now() + ACTIVE_WAIT;
     let mut backoff = Backoff::default();
+    let mut registered = false;
+    let mut last_error = String::from("none");
     loop {
+        if Instant::now() > deadline {
+            return Err(invalid(format!(
+                "the consumer was not ACTIVE after {}s (last error: {last_error}); a stream has at \
+                 most 20 consumers, and 5 may be created at a time",
+                ACTIVE_WAIT.as_secs()
+            )));
+        }
+        if !registered {
+            match client
+                .register_stream_consumer()
+                .stream_arn(&stream_arn)
+                .consumer_name(name)
+                .send()
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(consumer = name, stream, "registered the stream consumer");
+                    registered = true;
+                }
+                // It exists already (an earlier run, another instance), or the stream is being
+                // updated: DescribeStreamConsumer tells which.
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(RegisterStreamConsumerError::ResourceInUseException(_))
+                    ) =>
+                {
+                    registered = true;
+                }
+                Err(e)
+                    if is_retryable(&e)
+                        || matches!(
+                            e.as_service_error(),
+                            Some(RegisterStreamConsumerError::LimitExceededException(_))
+                        ) =>
+                {
+                    last_error = format!("RegisterStreamConsumer: {}", error_text(&e));
+                    backoff.wait(name, &last_error).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(invalid(format!(
+                        "RegisterStreamConsumer: {}; the role needs kinesis:RegisterStreamConsumer \
+                         on the stream and kinesis:DescribeStreamConsumer on its consumers",
+                        error_text(&e)
+                    )));
+                }
+            }
+        }
         match client
-            .register_stream_consumer()
+            .describe_stream_consumer()
             .stream_arn(&stream_arn)
             .consumer_name(name)
             .send()
             .await
         {
-            Ok(_) => {
-                tracing::info!(consumer = name, stream, "registered the stream consumer");
-                break;
-            }
-            // It exists already (an earlier run, another instance).
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(RegisterStreamConsumerError::ResourceInUseException(_))
-                ) =>
-            {
-                break;
-            }
-            Err(e) if is_retryable(&e) => backoff.wait(name, &error_text(&e)).await,
-            Err(e) => {
-                return Err(invalid(format!(
-                    "RegisterStreamConsumer: {}; the role needs kinesis:RegisterStreamConsumer \
-                     and kinesis:DescribeStreamConsumer on the stream",
-                    error_text(&e)
-                )));
-            }
-        }
-    }
-    let started = Instant::now();
-    let mut backoff = Backoff::default();
-    loop {
-        let described = client
-            .describe_stream_consumer()
-            .stream_arn(&stream_arn)
-            .consumer_name(name)
-            .send()
-            .await;
-        match described {
             Ok(d) => {
                 let Some(c) = d.consumer_description() else {
                     return Err(invalid("DescribeStreamConsumer returned nothing".into()));
@@ -124,19 +146,33 @@ pub async fn register(client: &Client, stream: &str, name: &str) -> Result<Strin
                     _ => {}
                 }
             }
-            Err(e) if is_retryable(&e) => backoff.wait(name, &error_text(&e)).await,
+            // Not visible yet, or not registered (the stream was being updated): register again.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(DescribeStreamConsumerError::ResourceNotFoundException(_))
+                ) =>
+            {
+                last_error = format!("DescribeStreamConsumer: {}", error_text(&e));
+                registered = false;
+            }
+            Err(e)
+                if is_retryable(&e)
+                    || matches!(
+                        e.as_service_error(),
+                        Some(DescribeStreamConsumerError::LimitExceededException(_))
+                    ) =>
+            {
+                last_error = format!("DescribeStreamConsumer: {}", error_text(&e));
+                backoff.wait(name, &last_error).await;
+                continue;
+            }
             Err(e) => {
                 return Err(invalid(format!(
                     "DescribeStreamConsumer: {}",
                     error_text(&e)
                 )));
             }
-        }
-        if started.elapsed() > ACTIVE_WAIT {
-            return Err(invalid(format!(
-                "the consumer was not ACTIVE after {}s",
-                ACTIVE_WAIT.as_secs()
-            )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -246,43 +282,53 @@ impl Subscription {
         let lag =
             metrics::gauge!("weir_kinesis_millis_behind_latest", "shard" => self.shard.to_string());
         let subscriptions = metrics::counter!("weir_kinesis_subscriptions_total");
+        let retries = metrics::counter!("weir_kinesis_retries_total");
         let mut next_end_check = Instant::now();
+        // Subscriptions refused in a row because the previous one is still open.
+        let mut in_use = 0u32;
         loop {
+            // `send` also waits for the stream's first message, which no attempt timeout covers.
+            let subscribe = self
+                .client
+                .subscribe_to_shard()
+                .consumer_arn(&self.consumer_arn)
+                .shard_id(self.shard.as_ref())
+                .starting_position(from.position())
+                .send();
             let subscribed = tokio::select! {
-                s = self
-                    .client
-                    .subscribe_to_shard()
-                    .consumer_arn(&self.consumer_arn)
-                    .shard_id(self.shard.as_ref())
-                    .starting_position(from.position())
-                    .send() => s,
+                s = tokio::time::timeout(SILENT_LIMIT, subscribe) => s,
                 _ = tx.closed() => return Ok(ShardEnd::Stopped),
             };
             let mut events = match subscribed {
-                Ok(out) => out.event_stream,
+                Ok(Ok(out)) => out.event_stream,
                 // The previous subscription is still open (for a few seconds after it ends), or
                 // subscriptions came too fast: wait and try again.
-                Err(e)
+                Ok(Err(e))
                     if is_retryable(&e)
                         || matches!(
                             e.as_service_error(),
                             Some(
                                 SubscribeToShardError::ResourceInUseException(_)
                                     | SubscribeToShardError::LimitExceededException(_)
+                                    | SubscribeToShardError::KmsThrottlingException(_)
                             )
                         ) =>
                 {
-                    metrics::counter!("weir_kinesis_retries_total").increment(1);
-                    backoff
-                        .wait(
-                            &self.shard,
-                            &format!("SubscribeToShard: {}", error_text(&e)),
-                        )
-                        .await;
+                    retries.increment(1);
+                    let why = format!("SubscribeToShard: {}", error_text(&e));
+                    backoff.wait(&self.shard, &why).await;
+                    from = begin(&cursor, &continuation, &pinned);
                     continue;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     return Err(self.error(format!("SubscribeToShard: {}", error_text(&e))));
+                }
+                Err(_) => {
+                    retries.increment(1);
+                    let why = format!("SubscribeToShard: no answer in {}s", SILENT_LIMIT.as_secs());
+                    backoff.wait(&self.shard, &why).await;
+                    from = begin(&cursor, &continuation, &pinned);
+                    continue;
                 }
             };
             let renew_at = Instant::now() + self.renew_after;
@@ -296,13 +342,14 @@ impl Subscription {
                     }
                     _ = tx.closed() => return Ok(ShardEnd::Stopped),
                 };
-                match next {
+                let e = match next {
                     Ok(Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)))) => {
                         if events_seen == 0 {
                             subscriptions.increment(1);
                             tracing::debug!(shard = %self.shard, ?from, "subscribed");
                         }
                         backoff = Backoff::default();
+                        in_use = 0;
                         events_seen += 1;
                         lag.set(event.millis_behind_latest() as f64);
                         if let Taken::ReceiverGone = cursor.take(event.records(), &tx).await {
@@ -321,61 +368,84 @@ impl Subscription {
                             && self.closed.lock().unwrap().contains(self.shard.as_ref())
                         {
                             next_end_check = Instant::now() + END_CHECK_INTERVAL;
-                            if let Some(children) = self.ended_after(c).await {
-                                return Ok(ShardEnd::Closed(children));
+                            tokio::select! {
+                                ended = self.ended_after(c) => if let Some(children) = ended {
+                                    return Ok(ShardEnd::Closed(children));
+                                },
+                                _ = tx.closed() => return Ok(ShardEnd::Stopped),
                             }
                         }
+                        continue;
                     }
-                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(Some(_))) => continue,
                     // Kinesis ended the subscription (its 5 minutes are up): the next one
                     // continues from the continuation. One that ends at once is retried later.
                     Ok(Ok(None)) => {
                         if events_seen == 0 {
-                            backoff
-                                .wait(&self.shard, "the subscription ended before its first event")
-                                .await;
+                            let why = "the subscription ended before its first event";
+                            backoff.wait(&self.shard, why).await;
                         }
                         break;
                     }
-                    // The previous subscription is not closed yet (Kinesis allows one per shard
-                    // and consumer, and a few seconds to end one): wait a little and try again.
-                    Ok(Err(e))
-                        if matches!(
-                            e.as_service_error(),
-                            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
-                        ) =>
-                    {
-                        tracing::debug!(shard = %self.shard, "the previous subscription is still open");
-                        tokio::time::sleep(IN_USE_PAUSE).await;
-                        break;
-                    }
-                    Ok(Err(e)) => {
-                        if matches!(
-                            e.as_service_error(),
-                            Some(SubscribeToShardEventStreamError::ResourceNotFoundException(
-                                _
-                            ))
-                        ) {
-                            return Err(self.error(format!(
-                                "the subscription ended: {}; was the consumer deregistered?",
-                                error_text(&e)
-                            )));
-                        }
-                        metrics::counter!("weir_kinesis_retries_total").increment(1);
-                        backoff
-                            .wait(&self.shard, &format!("subscription: {}", error_text(&e)))
-                            .await;
-                        break;
-                    }
+                    Ok(Err(e)) => e,
                     Err(_) => {
-                        tracing::warn!(
-                            shard = %self.shard,
+                        retries.increment(1);
+                        let why = format!(
                             "no event for {}s; subscribing again",
                             SILENT_LIMIT.as_secs()
                         );
+                        backoff.wait(&self.shard, &why).await;
                         break;
                     }
+                };
+                // An error event ends the subscription.
+                use SubscribeToShardEventStreamError as E;
+                match e.as_service_error() {
+                    // The previous subscription is not closed yet (Kinesis allows one per shard
+                    // and consumer, and a few seconds to end one): expected once after a renewal
+                    // (a short pause); more in a row may be another reader with this consumer.
+                    Some(E::ResourceInUseException(_)) if in_use == 0 => {
+                        in_use += 1;
+                        tracing::debug!(shard = %self.shard, "the previous subscription is still open");
+                        tokio::time::sleep(IN_USE_PAUSE).await;
+                    }
+                    Some(E::ResourceInUseException(_)) => {
+                        in_use += 1;
+                        retries.increment(1);
+                        let why = format!(
+                            "{}; is another reader using this consumer on this shard?",
+                            error_text(&e)
+                        );
+                        backoff.wait(&self.shard, &why).await;
+                    }
+                    Some(E::ResourceNotFoundException(_)) => {
+                        return Err(self.error(format!(
+                            "the subscription ended: {}; was the consumer deregistered?",
+                            error_text(&e)
+                        )));
+                    }
+                    // KMS refusals: no retry makes them pass.
+                    Some(
+                        E::KmsAccessDeniedException(_)
+                        | E::KmsDisabledException(_)
+                        | E::KmsInvalidStateException(_)
+                        | E::KmsNotFoundException(_)
+                        | E::KmsOptInRequired(_),
+                    ) => {
+                        return Err(self.error(format!(
+                            "the subscription ended: {}; the role needs kms:Decrypt on the \
+                             stream's key",
+                            error_text(&e)
+                        )));
+                    }
+                    // Internal failures, KMS throttling, anything else; a dropped connection.
+                    _ => {
+                        retries.increment(1);
+                        let why = format!("subscription: {}", error_text(&e));
+                        backoff.wait(&self.shard, &why).await;
+                    }
                 }
+                break;
             }
             from = begin(&cursor, &continuation, &pinned);
         }
