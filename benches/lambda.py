@@ -64,6 +64,9 @@ done = threading.Event()
 
 class Api(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without TCP_NODELAY, Nagle and the client's delayed ACK
+    # hold the body ~40 ms (a stall of this harness, not of the handler).
+    disable_nagle_algorithm = True
 
     def log_message(self, *a):
         pass

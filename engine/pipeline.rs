@@ -204,6 +204,15 @@ pub struct Pipeline {
 /// Warehouses loaded behind the commit, and whether each is prepared.
 pub type Destinations = Vec<(Arc<dyn Destination>, bool)>;
 
+/// What a warm Lambda execution environment keeps of a shard's writer between invocations.
+#[derive(Clone, Default)]
+pub struct Warm {
+    /// Its warehouses, as the first invocation prepared them (`None` before it).
+    pub destinations: Option<Destinations>,
+    /// Its tables' last snapshots, brought up to date at each invocation.
+    pub tables: crate::sink::lake::delta::TableCache,
+}
+
 /// A run's parts once every check passed, before the writer lease is taken.
 struct Checked {
     job: Job,
@@ -260,7 +269,7 @@ impl Pipeline {
         opts: &RunOptions,
         transforms: Arc<Transforms>,
         source: Arc<dyn Source>,
-        destinations: Option<Destinations>,
+        warm: Warm,
     ) -> Result<Self, PipelineError> {
         let target = job.target(opts.target.as_deref())?.clone();
         let lake_url = opts.lake.clone().unwrap_or(target.lake.clone());
@@ -276,7 +285,7 @@ impl Pipeline {
             source,
             transforms,
             &lake_url,
-            destinations,
+            Some(warm),
         )
         .await?;
         Self::start(checked, None).await
@@ -377,7 +386,8 @@ impl Pipeline {
     }
 
     /// The checks after the source: output types against the warehouses, then the lake (its
-    /// identity, on first use) and the destinations (prepared, unless given).
+    /// identity, on first use) and the destinations (prepared, unless `warm` has them; the
+    /// tables start from `warm`'s snapshots).
     async fn assemble(
         job: Job,
         target: crate::job::Target,
@@ -385,12 +395,19 @@ impl Pipeline {
         source: Arc<dyn Source>,
         transforms: Arc<Transforms>,
         lake_url: &str,
-        destinations: Option<Destinations>,
+        warm: Option<Warm>,
     ) -> Result<Checked, PipelineError> {
         let tables = OutputTable::of(&job, &transforms);
         check_types(&target, &transforms, &tables)?;
         // Everything checked: from here on the lake is touched (its identity, on first use).
-        let lake = Lake::open(lake_url, &job).await?;
+        let mut lake = Lake::open(lake_url, &job).await?;
+        let (destinations, tables_cache) = match warm {
+            Some(w) => (w.destinations, Some(w.tables)),
+            None => (None, None),
+        };
+        if let Some(cache) = tables_cache {
+            lake.adopt_tables(cache).await?;
+        }
         let state = lake.path(&lake.layout().state());
         let commits = Arc::new(ObjectCommitStore::new(
             lake.store(),

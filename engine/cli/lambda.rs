@@ -19,9 +19,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use super::job_path;
 use crate::commit::{CommitStore, ObjectCommitStore};
 use crate::job::{Emit, Job};
-use crate::pipeline::{
-    Destinations, Pipeline, PipelineError, RunOptions, RunSummary, chunk_limits,
-};
+use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunSummary, Warm, chunk_limits};
 use crate::sink::lake::Layout;
 use crate::source::Position;
 use crate::source::lambda::{EventSource, ShardRecords, by_shard};
@@ -79,7 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         job,
         opts,
         transforms,
-        destinations: Default::default(),
+        warm: Default::default(),
     });
     tracing::info!(job = %function.job.name, "Lambda function ready");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<KinesisEvent>| {
@@ -114,8 +112,9 @@ struct Function {
     job: Job,
     opts: RunOptions,
     transforms: Arc<Transforms>,
-    /// Per shard writer, its warehouses as the first invocation prepared them.
-    destinations: tokio::sync::Mutex<HashMap<String, Destinations>>,
+    /// Per shard writer, what the execution environment keeps between invocations: its
+    /// warehouses as the first invocation prepared them, its tables' snapshots.
+    warm: tokio::sync::Mutex<HashMap<String, Warm>>,
 }
 
 impl Function {
@@ -181,12 +180,17 @@ impl Function {
         let shard = records.shard.to_string();
         let writer = self.writer(&shard);
         let source = Arc::new(EventSource::new(records, chunk_limits(&self.job.batch)));
-        let cached = self.destinations.lock().await.get(&shard).cloned();
-        let prepared = cached.is_some();
+        let warm = self
+            .warm
+            .lock()
+            .await
+            .entry(shard.clone())
+            .or_default()
+            .clone();
+        let prepared = warm.destinations.is_some();
         // Opening (the lake's tables; the warehouses, on a shard's first invocation here) counts
         // against the invocation's time too: past the stop, the records are left to the retry.
-        let open =
-            Pipeline::open_lambda(writer, &self.opts, self.transforms.clone(), source, cached);
+        let open = Pipeline::open_lambda(writer, &self.opts, self.transforms.clone(), source, warm);
         let Ok(opened) = tokio::time::timeout_at(stop_at, open).await else {
             return Err(PipelineError::Source(crate::source::SourceError::Invalid {
                 input: shard,
@@ -197,7 +201,12 @@ impl Function {
         let pipeline = opened?;
         if !prepared {
             let d = pipeline.destinations();
-            self.destinations.lock().await.insert(shard, d);
+            self.warm
+                .lock()
+                .await
+                .entry(shard)
+                .or_default()
+                .destinations = Some(d);
         }
         pipeline.run(tokio::time::sleep_until(stop_at)).await
     }

@@ -72,8 +72,12 @@ pub struct DeltaLake {
     app_id: String,
     retention: Duration,
     /// The last snapshot seen of each table: each commit starts from it and replaces it.
-    tables: Mutex<HashMap<String, DeltaTable>>,
+    tables: TableCache,
 }
+
+/// Each table's last snapshot, as one writer saw it: kept across the invocations of a warm
+/// Lambda execution environment, one per shard writer (see [`DeltaLake::adopt`]).
+pub type TableCache = Arc<Mutex<HashMap<String, DeltaTable>>>;
 
 impl DeltaLake {
     pub fn new(location: Location, app_id: String, retention: Duration) -> Self {
@@ -82,8 +86,35 @@ impl DeltaLake {
             location,
             app_id,
             retention,
-            tables: Mutex::new(HashMap::new()),
+            tables: TableCache::default(),
         }
+    }
+
+    /// Starts from the snapshots of `cache` (an earlier run of the same writer), brought up to
+    /// date with the commits made since (by any writer, in any process): only the log entries
+    /// after each snapshot are read, instead of each table's log from its last checkpoint.
+    pub async fn adopt(&mut self, cache: TableCache) -> Result<(), DeltaError> {
+        let cached: Vec<(String, DeltaTable)> = cache
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        let refreshed =
+            futures::future::try_join_all(cached.into_iter().map(|(name, mut table)| async move {
+                table
+                    .update_incremental(None)
+                    .await
+                    .map_err(Self::err(&name))?;
+                Ok::<_, DeltaError>((name, table))
+            }))
+            .await?;
+        {
+            let mut tables = cache.lock().expect("lock");
+            tables.extend(refreshed);
+        }
+        self.tables = cache;
+        Ok(())
     }
 
     pub fn app_id(&self) -> &str {

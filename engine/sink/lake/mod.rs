@@ -133,6 +133,12 @@ impl Lake {
         })
     }
 
+    /// Starts from the table snapshots of an earlier run of the same writer (a warm Lambda
+    /// execution environment), brought up to date: see [`delta::DeltaLake::adopt`].
+    pub async fn adopt_tables(&mut self, cache: delta::TableCache) -> Result<(), SinkError> {
+        Ok(self.delta.adopt(cache).await?)
+    }
+
     pub fn url(&self) -> &str {
         self.location.url.as_str()
     }
