@@ -209,7 +209,8 @@ pub type Destinations = Vec<(Arc<dyn Destination>, bool)>;
 pub struct Warm {
     /// Its warehouses, as the first invocation prepared them (`None` before it).
     pub destinations: Option<Destinations>,
-    /// Its tables' last snapshots, brought up to date at each invocation.
+    /// The tables' last snapshots (the environment's, shared by its shards), brought up to date
+    /// at each invocation.
     pub tables: crate::sink::lake::delta::TableCache,
 }
 
@@ -406,7 +407,7 @@ impl Pipeline {
             None => (None, None),
         };
         if let Some(cache) = tables_cache {
-            lake.adopt_tables(cache).await?;
+            lake.adopt_tables(cache).await;
         }
         let state = lake.path(&lake.layout().state());
         let commits = Arc::new(ObjectCommitStore::new(

@@ -21,6 +21,7 @@ use crate::commit::{CommitStore, ObjectCommitStore};
 use crate::job::{Emit, Job};
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunSummary, Warm, chunk_limits};
 use crate::sink::lake::Layout;
+use crate::sink::lake::delta::TableCache;
 use crate::source::Position;
 use crate::source::lambda::{EventSource, ShardRecords, by_shard};
 use crate::storage::Location;
@@ -78,6 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         opts,
         transforms,
         warm: Default::default(),
+        tables: Default::default(),
     });
     tracing::info!(job = %function.job.name, "Lambda function ready");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<KinesisEvent>| {
@@ -113,8 +115,11 @@ struct Function {
     opts: RunOptions,
     transforms: Arc<Transforms>,
     /// Per shard writer, what the execution environment keeps between invocations: its
-    /// warehouses as the first invocation prepared them, its tables' snapshots.
+    /// warehouses as the first invocation prepared them, and the tables' snapshots (one cache
+    /// for every shard: a snapshot is the table's, whichever writer read it, and the shards of
+    /// an event are written one after the other).
     warm: tokio::sync::Mutex<HashMap<String, Warm>>,
+    tables: TableCache,
 }
 
 impl Function {
@@ -185,7 +190,10 @@ impl Function {
             .lock()
             .await
             .entry(shard.clone())
-            .or_default()
+            .or_insert_with(|| Warm {
+                destinations: None,
+                tables: self.tables.clone(),
+            })
             .clone();
         let prepared = warm.destinations.is_some();
         // Opening (the lake's tables; the warehouses, on a shard's first invocation here) counts

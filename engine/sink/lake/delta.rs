@@ -75,8 +75,9 @@ pub struct DeltaLake {
     tables: TableCache,
 }
 
-/// Each table's last snapshot, as one writer saw it: kept across the invocations of a warm
-/// Lambda execution environment, one per shard writer (see [`DeltaLake::adopt`]).
+/// Each table's last snapshot: kept across the invocations of a warm Lambda execution environment
+/// (see [`DeltaLake::adopt`]). A snapshot is the table's, whichever writer read it: a writer's
+/// own batches are found by its `txn` app id.
 pub type TableCache = Arc<Mutex<HashMap<String, DeltaTable>>>;
 
 impl DeltaLake {
@@ -90,10 +91,12 @@ impl DeltaLake {
         }
     }
 
-    /// Starts from the snapshots of `cache` (an earlier run of the same writer), brought up to
-    /// date with the commits made since (by any writer, in any process): only the log entries
-    /// after each snapshot are read, instead of each table's log from its last checkpoint.
-    pub async fn adopt(&mut self, cache: TableCache) -> Result<(), DeltaError> {
+    /// Starts from the snapshots of `cache` (an earlier run in this process), brought up to date
+    /// with the commits made since (by any writer, in any process): only the log entries after
+    /// each snapshot are read, instead of each table's log from its last checkpoint. A snapshot
+    /// that cannot be brought up to date (a log that went away or was recreated) is dropped, and
+    /// its table is loaded afresh when used.
+    pub async fn adopt(&mut self, cache: TableCache) {
         let cached: Vec<(String, DeltaTable)> = cache
             .lock()
             .expect("lock")
@@ -101,20 +104,26 @@ impl DeltaLake {
             .map(|(name, t)| (name.clone(), t.clone()))
             .collect();
         let refreshed =
-            futures::future::try_join_all(cached.into_iter().map(|(name, mut table)| async move {
-                table
-                    .update_incremental(None)
-                    .await
-                    .map_err(Self::err(&name))?;
-                Ok::<_, DeltaError>((name, table))
+            futures::future::join_all(cached.into_iter().map(|(name, mut table)| async move {
+                let updated = table.update_incremental(None).await;
+                (name, updated.map(|()| table))
             }))
-            .await?;
+            .await;
         {
             let mut tables = cache.lock().expect("lock");
-            tables.extend(refreshed);
+            for (name, table) in refreshed {
+                match table {
+                    Ok(t) => {
+                        tables.insert(name, t);
+                    }
+                    Err(e) => {
+                        tracing::info!(table = %name, "reloading the table: {e}");
+                        tables.remove(&name);
+                    }
+                }
+            }
         }
         self.tables = cache;
-        Ok(())
     }
 
     pub fn app_id(&self) -> &str {
