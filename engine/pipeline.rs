@@ -205,7 +205,6 @@ pub struct Pipeline {
 pub type Destinations = Vec<(Arc<dyn Destination>, bool)>;
 
 /// What a warm Lambda execution environment keeps of a shard's writer between invocations.
-#[derive(Clone, Default)]
 pub struct Warm {
     /// Its warehouses, as the first invocation prepared them (`None` before it).
     pub destinations: Option<Destinations>,
@@ -402,13 +401,16 @@ impl Pipeline {
         check_types(&target, &transforms, &tables)?;
         // Everything checked: from here on the lake is touched (its identity, on first use).
         let mut lake = Lake::open(lake_url, &job).await?;
-        let (destinations, tables_cache) = match warm {
-            Some(w) => (w.destinations, Some(w.tables)),
-            None => (None, None),
+        let destinations = match warm {
+            Some(Warm {
+                destinations,
+                tables,
+            }) => {
+                lake.adopt_tables(tables).await;
+                destinations
+            }
+            None => None,
         };
-        if let Some(cache) = tables_cache {
-            lake.adopt_tables(cache).await;
-        }
         let state = lake.path(&lake.layout().state());
         let commits = Arc::new(ObjectCommitStore::new(
             lake.store(),

@@ -19,7 +19,9 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use super::job_path;
 use crate::commit::{CommitStore, ObjectCommitStore};
 use crate::job::{Emit, Job};
-use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunSummary, Warm, chunk_limits};
+use crate::pipeline::{
+    Destinations, Pipeline, PipelineError, RunOptions, RunSummary, Warm, chunk_limits,
+};
 use crate::sink::lake::Layout;
 use crate::sink::lake::delta::TableCache;
 use crate::source::Position;
@@ -78,7 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         job,
         opts,
         transforms,
-        warm: Default::default(),
+        destinations: Default::default(),
         tables: Default::default(),
     });
     tracing::info!(job = %function.job.name, "Lambda function ready");
@@ -114,11 +116,10 @@ struct Function {
     job: Job,
     opts: RunOptions,
     transforms: Arc<Transforms>,
-    /// Per shard writer, what the execution environment keeps between invocations: its
-    /// warehouses as the first invocation prepared them, and the tables' snapshots (one cache
-    /// for every shard: a snapshot is the table's, whichever writer read it, and the shards of
-    /// an event are written one after the other).
-    warm: tokio::sync::Mutex<HashMap<String, Warm>>,
+    /// Per shard writer, its warehouses as the first invocation prepared them.
+    destinations: tokio::sync::Mutex<HashMap<String, Destinations>>,
+    /// The tables' snapshots, kept between invocations: one cache for every shard (a snapshot is
+    /// the table's, whichever writer read it, and an event's shards are written in turn).
     tables: TableCache,
 }
 
@@ -185,16 +186,10 @@ impl Function {
         let shard = records.shard.to_string();
         let writer = self.writer(&shard);
         let source = Arc::new(EventSource::new(records, chunk_limits(&self.job.batch)));
-        let warm = self
-            .warm
-            .lock()
-            .await
-            .entry(shard.clone())
-            .or_insert_with(|| Warm {
-                destinations: None,
-                tables: self.tables.clone(),
-            })
-            .clone();
+        let warm = Warm {
+            destinations: self.destinations.lock().await.get(&shard).cloned(),
+            tables: self.tables.clone(),
+        };
         let prepared = warm.destinations.is_some();
         // Opening (the lake's tables; the warehouses, on a shard's first invocation here) counts
         // against the invocation's time too: past the stop, the records are left to the retry.
@@ -209,12 +204,7 @@ impl Function {
         let pipeline = opened?;
         if !prepared {
             let d = pipeline.destinations();
-            self.warm
-                .lock()
-                .await
-                .entry(shard)
-                .or_default()
-                .destinations = Some(d);
+            self.destinations.lock().await.insert(shard, d);
         }
         pipeline.run(tokio::time::sleep_until(stop_at)).await
     }
