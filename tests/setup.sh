@@ -65,7 +65,8 @@ if ! open_port 45670; then
 fi
 if ! open_port 45674; then
   echo "setup: starting kinesis-local on 127.0.0.1:45674" >&2
-  (cd "$stand" && KINESIS_MOCK_PLAIN_PORT=45674 KINESIS_MOCK_TLS_PORT=45675 LOG_LEVEL=WARN \
+  # Its default limit of 50 shards per account is reached after a few test runs: lifted.
+  (cd "$stand" && KINESIS_MOCK_PLAIN_PORT=45674 KINESIS_MOCK_TLS_PORT=45675 LOG_LEVEL=WARN SHARD_LIMIT=100000 \
      setsid nohup node kinesis-local.js >"$stand/kinesis-local.log" 2>&1 &)
   wait_port 45674 kinesis-local
 fi

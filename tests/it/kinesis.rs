@@ -437,6 +437,17 @@ print(k.describe_stream_consumer(StreamARN=arn, ConsumerName="weir-test")["Consu
     stop(child);
     assert_exactly(&p, 4000);
     assert_parents_first(&p, &[(2, &[0]), (3, &[0])]);
+    // The stream and its consumer go: kinesis-local keeps every stream while it runs.
+    let delete = r#"
+import sys, boto3, os
+k = boto3.client("kinesis", endpoint_url=os.environ["AWS_ENDPOINT_URL_KINESIS"])
+k.delete_stream(StreamName=sys.argv[1], EnforceConsumerDeletion=True)
+"#;
+    let out = fanout_env(&mut Command::new(python_path()))
+        .args(["-c", delete, &s])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "delete: {}", stderr(&out));
 }
 
 #[test]

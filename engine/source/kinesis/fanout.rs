@@ -103,13 +103,8 @@ pub async fn register(client: &Client, stream: &str, name: &str) -> Result<Strin
                 {
                     registered = true;
                 }
-                Err(e)
-                    if is_retryable(&e)
-                        || matches!(
-                            e.as_service_error(),
-                            Some(RegisterStreamConsumerError::LimitExceededException(_))
-                        ) =>
-                {
+                // Throttling, quotas (`LimitExceededException`), server and transport errors.
+                Err(e) if is_retryable(&e) => {
                     last_error = format!("RegisterStreamConsumer: {}", error_text(&e));
                     backoff.wait(name, &last_error).await;
                     continue;
@@ -156,13 +151,7 @@ pub async fn register(client: &Client, stream: &str, name: &str) -> Result<Strin
                 last_error = format!("DescribeStreamConsumer: {}", error_text(&e));
                 registered = false;
             }
-            Err(e)
-                if is_retryable(&e)
-                    || matches!(
-                        e.as_service_error(),
-                        Some(DescribeStreamConsumerError::LimitExceededException(_))
-                    ) =>
-            {
+            Err(e) if is_retryable(&e) => {
                 last_error = format!("DescribeStreamConsumer: {}", error_text(&e));
                 backoff.wait(name, &last_error).await;
                 continue;
@@ -302,16 +291,13 @@ impl Subscription {
             let mut events = match subscribed {
                 Ok(Ok(out)) => out.event_stream,
                 // The previous subscription is still open (for a few seconds after it ends), or
-                // subscriptions came too fast: wait and try again.
+                // subscriptions came too fast (`LimitExceededException`, which `is_retryable`
+                // takes with throttling and server errors): wait and try again.
                 Ok(Err(e))
                     if is_retryable(&e)
                         || matches!(
                             e.as_service_error(),
-                            Some(
-                                SubscribeToShardError::ResourceInUseException(_)
-                                    | SubscribeToShardError::LimitExceededException(_)
-                                    | SubscribeToShardError::KmsThrottlingException(_)
-                            )
+                            Some(SubscribeToShardError::ResourceInUseException(_))
                         ) =>
                 {
                     retries.increment(1);
