@@ -8,6 +8,7 @@ pub mod commit;
 pub mod decode;
 pub mod generate;
 pub mod job;
+pub mod leased;
 pub mod load;
 pub mod metrics;
 pub mod model;

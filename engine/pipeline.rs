@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::batch::Batch;
-use crate::commit::lease::{DEFAULT_LEASE_TTL, Lease, LeaseError};
+use crate::commit::lease::{LeaseError, WriterLease};
 use crate::commit::{
     BatchPlan, CommitError, CommitRecord, CommitStore, ObjectCommitStore, WindowMark,
 };
@@ -178,8 +178,9 @@ pub struct Pipeline {
     transforms: Arc<Transforms>,
     lake: Lake,
     commits: Arc<ObjectCommitStore>,
-    /// This run's writer lease, renewed by `keep_lease` (none in Lambda mode).
-    lease: Option<Arc<Lease>>,
+    /// This run's writer lease (the job's, or a leased worker's shard lease), kept by
+    /// `lease_task` (none in Lambda mode).
+    lease: Option<Arc<dyn WriterLease>>,
     lease_task: JoinSet<LeaseError>,
     last_vacuum: Option<Instant>,
     /// Warehouses loaded behind the commit, and whether `open` prepared each.
@@ -248,7 +249,7 @@ impl Pipeline {
             checked = Self::check(job, opts) => checked?,
             _ = stop => return Ok(None),
         };
-        let lease = checked.lake.take_lease().await?;
+        let lease: Arc<dyn WriterLease> = checked.lake.take_lease().await?;
         match Self::start(checked, Some(lease.clone())).await {
             Ok(pipeline) => Ok(Some(pipeline)),
             Err(e) => {
@@ -291,6 +292,30 @@ impl Pipeline {
         Self::start(checked, None).await
     }
 
+    /// The writer of one shard for a leased worker (`source.leases`): `job` is named for the
+    /// shard's writer, as in Lambda mode, so each shard has its own batches, commit log and Delta
+    /// transaction, and its new owner resumes at its last commit; `source` reads that shard only;
+    /// `lease` is the shard's lease, checked before the tables commit and told of each commit.
+    /// Compaction is left to runs that own the whole job (several shard writers would rewrite the
+    /// same files).
+    pub async fn open_shard(
+        job: Job,
+        opts: &RunOptions,
+        source: Arc<dyn Source>,
+        lease: Arc<dyn WriterLease>,
+    ) -> Result<Self, PipelineError> {
+        let target = job.target(opts.target.as_deref())?.clone();
+        let lake_url = opts.lake.clone().unwrap_or(target.lake.clone());
+        let policy = BatchPolicy {
+            compact_every: 0,
+            ..job.batch
+        };
+        let transforms = Arc::new(Transforms::load(&job).await?);
+        let checked =
+            Self::assemble(job, target, policy, source, transforms, &lake_url, None).await?;
+        Self::start(checked, Some(lease)).await
+    }
+
     /// The warehouses this pipeline loads, and whether each was prepared (for the next
     /// invocation of a Lambda function, which need not prepare them again).
     pub fn destinations(&self) -> Destinations {
@@ -298,7 +323,10 @@ impl Pipeline {
     }
 
     /// Creates or evolves the lake's tables and sets out the pipeline, under `lease` if any.
-    async fn start(checked: Checked, lease: Option<Arc<Lease>>) -> Result<Self, PipelineError> {
+    async fn start(
+        checked: Checked,
+        lease: Option<Arc<dyn WriterLease>>,
+    ) -> Result<Self, PipelineError> {
         let Checked {
             job,
             target,
@@ -321,7 +349,7 @@ impl Pipeline {
         }
         let mut lease_task = JoinSet::new();
         if let Some(lease) = &lease {
-            lease_task.spawn(lease.clone().keep(DEFAULT_LEASE_TTL));
+            lease_task.spawn(lease.clone().keep());
         }
         let summary = RunSummary {
             source: source.describe(),
@@ -369,9 +397,21 @@ impl Pipeline {
                     start,
                     timestamp,
                     consumer,
+                    leases,
+                    ..
                 },
                 None,
             ) => {
+                if let Some(table) = leases {
+                    return Err(SourceError::Invalid {
+                        input: stream.clone(),
+                        message: format!(
+                            "the stream is shared through lease table {table}: each worker writes \
+                             the shards it owns (run it with `weir run`)"
+                        ),
+                    }
+                    .into());
+                }
                 let start =
                     StartAt::parse(start.as_deref(), timestamp.as_deref()).map_err(|message| {
                         SourceError::Invalid {
@@ -980,8 +1020,16 @@ impl Pipeline {
             committed_at: chrono::Utc::now(),
             backfill: false,
             windows,
+            lease: self.lease.as_ref().and_then(|l| l.mark()),
         };
         self.commits.commit(&record).await?;
+        // The batch is committed: a lease that cannot record it (a lost lease stops the writer
+        // at its next check anyway) is only worth a warning.
+        if let Some(lease) = &self.lease
+            && let Err(e) = lease.committed(&record.checkpoint).await
+        {
+            tracing::warn!(batch = id, "recording the checkpoint in the lease: {e}");
+        }
         for (name, w) in &record.windows {
             if self.transforms.update_keys(name).is_some() {
                 metrics::gauge!("weir_update_keys", "output" => name.clone()).set(w.groups as f64);

@@ -9,7 +9,7 @@
 #                     fan-out (SubscribeToShard)
 #   chromium, psql    Debian packages (apt) for the dashboard and PostgreSQL endpoint tests
 #   .venv-bigquery    Python 3.13 venv: the local-bigquery emulator (DuckDB 1.5.5 + its extensions)
-#   127.0.0.1:45670   kinesalite      127.0.0.1:45671   moto server (S3, Glue)
+#   127.0.0.1:45670   kinesalite      127.0.0.1:45671   moto server (S3, Glue, DynamoDB)
 #   127.0.0.1:45672   BigQuery emulator (REST; gRPC on 45673)
 #   127.0.0.1:45674   kinesis-local (plain HTTP; its TLS port is 45675)
 # PostgreSQL (127.0.0.1:5432, database test) is run by the machine, not here.

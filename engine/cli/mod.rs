@@ -159,13 +159,21 @@ fn quiet_broken_pipe() {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // delta-rs warns on every MERGE that our object store reports no file-pruning metric.
+        // delta-rs warns on every MERGE that our object store reports no file-pruning metric,
+        // and on every commit retried after another writer's (leased workers' shard writers
+        // append to the same tables all the time).
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("warn,deltalake_core::operations::merge=error")
+            tracing_subscriber::EnvFilter::new(
+                "warn,deltalake_core::operations::merge=error,deltalake_core::kernel::transaction=error",
+            )
         });
+    // Colours only on a terminal: logs sent to a file or a collector stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

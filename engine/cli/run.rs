@@ -7,7 +7,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{job_path, shutdown_signal, thousands};
 use crate::job::Job;
+use crate::job::config::SourceConfig;
 use crate::job::units::format_bytes;
+use crate::leased::{Worker, WorkerSummary};
 use crate::pipeline::{Pipeline, RunOptions, RunSummary};
 use crate::serve::Commits;
 
@@ -37,6 +39,10 @@ pub struct Args {
     pub serve: bool,
     #[command(flatten)]
     pub listen: super::serve::Listen,
+    /// This worker's id in the lease table, for a target whose source has `leases` (default:
+    /// host name and process id). Must differ between workers.
+    #[arg(long, env = "WEIR_WORKER_ID")]
+    pub worker_id: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -50,6 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         replay: false,
     };
     let target = job.target(opts.target.as_deref())?.clone();
+    let job_target_source = target.source.clone();
     let mut server = tokio::task::JoinSet::new();
     let metrics_addr = args.metrics.or(target.metrics);
     let recorder = if metrics_addr.is_some() || args.serve {
@@ -74,6 +81,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let target = target.name;
     tokio::pin!(shutdown);
+    if let SourceConfig::Kinesis {
+        leases: Some(_), ..
+    } = &job_target_source
+    {
+        if args.serve {
+            anyhow::bail!(
+                "--serve shows one writer's commits; with leases each worker writes some shards. Run `weir serve {}` beside the workers instead",
+                args.job.display()
+            );
+        }
+        let Some(worker) = Worker::open(job, opts, args.worker_id.clone()).await? else {
+            unreachable!("the target's source is leased");
+        };
+        eprintln!("weir: worker {} of {}", worker.id(), worker.describe());
+        let summary = worker.run(shutdown).await?;
+        print_worker_summary(&name, &target, &summary);
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(pipeline) = Pipeline::open_unless(job, &opts, &mut shutdown).await? else {
         eprintln!("weir: stopped during start-up; nothing was read or written");
         return Ok(ExitCode::SUCCESS);
@@ -248,6 +273,43 @@ pub(super) fn print_summary(command: &str, job: &str, target: &str, s: &RunSumma
         "  speed    {} events/s, {}/s ({:.2} s)",
         thousands((s.records as f64 / secs) as u64),
         format_bytes((s.input_bytes as f64 / secs) as u64),
+        secs
+    );
+}
+
+fn print_worker_summary(job: &str, target: &str, s: &WorkerSummary) {
+    println!("weir run {job} (target {target}), worker {}", s.worker);
+    println!("  source   {}", s.source);
+    println!("  lake     {}", s.lake);
+    println!(
+        "  leases   {} taken, {} stolen, {} lost to other workers, {} shards read to their end",
+        s.taken, s.stolen, s.lost, s.ended
+    );
+    let (mut records, mut dead, mut batches) = (0, 0, 0);
+    for (shard, r) in &s.shards {
+        records += r.records;
+        dead += r.dead_letters;
+        batches += r.batches;
+        println!(
+            "  {shard}  {} events, {} batches{}",
+            thousands(r.records),
+            r.batches,
+            r.checkpoint
+                .get(shard)
+                .map(|p| format!(", through {p}"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "  events   {} read, {} dead letters, {} batches committed",
+        thousands(records),
+        thousands(dead),
+        batches
+    );
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "  speed    {} events/s ({:.2} s)",
+        thousands((records as f64 / secs) as u64),
         secs
     );
 }

@@ -41,6 +41,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cursors = Cursors::new(store.clone(), state.clone());
     let parked_store = ParkedStore::new(store.clone(), state);
     let writers = lambda_writers(&location, &job.name).await?;
+    let leases = match &target.source {
+        crate::job::config::SourceConfig::Kinesis {
+            leases: Some(table),
+            ..
+        } => Some(
+            crate::source::kinesis::leases::LeaseTable::connect(table)
+                .await
+                .scan()
+                .await?,
+        ),
+        _ => None,
+    };
+    let leased = leases.is_some();
     let mut rows = Vec::new();
     for d in crate::load::warehouses(target) {
         let name = d.key();
@@ -74,10 +87,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "committed_at": last.as_ref().map(|c| c.committed_at),
             "loads": loads,
             "windows": last.as_ref().map(|c| &c.windows),
-            "lambda_shards": writers.iter().map(|(shard, c)| serde_json::json!({
+            (if leased { "shards" } else { "lambda_shards" }): writers.iter().map(|(shard, c)| serde_json::json!({
                 "shard": shard, "committed_batch": c.batch, "committed_at": c.committed_at,
                 "checkpoint": c.checkpoint.get(shard).map(|p| p.to_string()),
             })).collect::<Vec<_>>(),
+            "leases": leases.as_ref().map(|ls| ls.iter().map(|l| serde_json::json!({
+                "shard": l.shard, "owner": l.owner, "counter": l.counter,
+                "checkpoint": l.checkpoint, "checkpoint_sub": l.sub,
+                "owner_switches_since_checkpoint": l.owner_switches, "parents": l.parents,
+            })).collect::<Vec<_>>()),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -115,15 +133,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             w.late
         );
     }
-    for (shard, c) in &writers {
-        println!(
-            "  {shard}  Lambda writer: batch {} at {}, through {}",
-            c.batch,
-            c.committed_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            c.checkpoint
-                .get(shard)
-                .map_or("nothing".to_string(), |p| p.to_string())
-        );
+    match &leases {
+        None => {
+            for (shard, c) in &writers {
+                println!("  {shard}  Lambda writer: {}", writer_line(shard, c));
+            }
+        }
+        Some(leases) => print_leases(leases, &writers),
     }
     if rows.is_empty() {
         println!("  loads      none configured for this target");
@@ -147,6 +163,66 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A shard writer's last commit, its checkpoint and how long ago it was.
+fn writer_line(shard: &str, c: &crate::commit::CommitRecord) -> String {
+    let ago = (chrono::Utc::now() - c.committed_at).num_seconds().max(0);
+    format!(
+        "batch {} at {} ({ago} s ago), through {}",
+        c.batch,
+        c.committed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        c.checkpoint
+            .get(shard)
+            .map_or("nothing".to_string(), |p| p.to_string())
+    )
+}
+
+/// Every worker of a leased target with its shards (and their last commit), then the shards
+/// nobody holds and those read to their end.
+fn print_leases(
+    leases: &[crate::source::kinesis::leases::ShardLease],
+    writers: &[(String, crate::commit::CommitRecord)],
+) {
+    let mut workers: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    let (mut free, mut ended) = (Vec::new(), Vec::new());
+    for l in leases {
+        match &l.owner {
+            _ if l.ended() => ended.push(l.shard.as_str()),
+            Some(o) => workers.entry(o).or_default().push(&l.shard),
+            None => free.push(l.shard.as_str()),
+        }
+    }
+    println!(
+        "  workers    {} holding {} shard{}",
+        workers.len(),
+        leases.len() - free.len() - ended.len(),
+        if leases.len() - free.len() - ended.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    let last = |shard: &str| {
+        writers
+            .iter()
+            .find(|(s, _)| s == shard)
+            .map_or("nothing committed yet".to_string(), |(s, c)| {
+                writer_line(s, c)
+            })
+    };
+    for (worker, shards) in &workers {
+        println!("  worker {worker}");
+        for shard in shards {
+            println!("    {shard}  {}", last(shard));
+        }
+    }
+    for shard in &free {
+        println!("  unowned    {shard}  {}", last(shard));
+    }
+    if !ended.is_empty() {
+        println!("  ended      {} (read to their end)", ended.join(", "));
+    }
 }
 
 /// The shards `weir lambda` wrote for this job (writers `<job>.<shard>`), each with its last commit.

@@ -38,6 +38,47 @@ pub enum LeaseError {
         path: String,
         source: object_store::Error,
     },
+    #[error(
+        "shard {shard}: this worker ({worker}) lost its lease to another worker; its writer stops without committing (the new owner resumes at the last committed position)"
+    )]
+    ShardLost { shard: String, worker: String },
+    #[error("shard {shard}'s lease: {message}")]
+    ShardLease { shard: String, message: String },
+}
+
+/// What entitles a writer to commit: the job's lease in the lake (`weir run`), or a leased
+/// worker's shard lease (`source.leases`). Checked in the commit path, before the tables.
+#[async_trait::async_trait]
+pub trait WriterLease: Send + Sync {
+    /// Fails once the lease is lost.
+    async fn check(&self) -> Result<(), LeaseError>;
+    /// Keeps the lease until it is lost (returned as the error).
+    async fn keep(self: Arc<Self>) -> LeaseError;
+    /// Told of each batch committed under the lease, with the checkpoint after it.
+    async fn committed(&self, _checkpoint: &crate::source::Checkpoint) -> Result<(), LeaseError> {
+        Ok(())
+    }
+    /// Gives the lease up at the end of the run.
+    async fn release(&self);
+    /// What the commit record names as the lease it was committed under (shard leases).
+    fn mark(&self) -> Option<super::LeaseMark> {
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl WriterLease for Lease {
+    async fn check(&self) -> Result<(), LeaseError> {
+        Lease::check(self).await
+    }
+
+    async fn keep(self: Arc<Self>) -> LeaseError {
+        Lease::keep(self, DEFAULT_LEASE_TTL).await
+    }
+
+    async fn release(&self) {
+        Lease::release(self).await
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -58,6 +58,17 @@ pub struct CommitRecord {
     /// Per window output, its watermark and open windows after this batch.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub windows: BTreeMap<String, WindowMark>,
+    /// The shard lease the batch was committed under (a leased worker's shard writer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseMark>,
+}
+
+/// Who held a shard's lease when a batch was committed, and its counter as checked just before
+/// the tables' commits: along a shard writer's batches the counter only ever grows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseMark {
+    pub owner: String,
+    pub counter: u64,
 }
 
 /// A window or update output's state after a batch, as its commit records it.

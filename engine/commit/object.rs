@@ -339,6 +339,7 @@ mod tests {
             committed_at: chrono::Utc::now(),
             backfill: false,
             windows: Default::default(),
+            lease: None,
         };
         log.commit(&record).await.unwrap();
         let err = log.commit(&record).await.unwrap_err().to_string();

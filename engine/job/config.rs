@@ -274,8 +274,17 @@ pub enum SourceConfig {
         /// An enhanced fan-out consumer name: registered if missing, then every shard is read
         /// by SubscribeToShard (pushed, dedicated throughput) instead of GetRecords.
         consumer: Option<String>,
+        /// A DynamoDB lease table (KCL schema, created if missing): any number of `weir run`s
+        /// of the target share the stream's shards through it, each writing the shards it owns.
+        leases: Option<String>,
+        /// With `leases`: a lease not renewed for this long is taken by another worker
+        /// (default "10s").
+        failover: Option<String>,
     },
 }
+
+/// A lease not renewed for this long is taken over (`source.failover`).
+pub const DEFAULT_FAILOVER: &str = "10s";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -381,6 +381,8 @@ impl Job {
                 start,
                 timestamp,
                 consumer,
+                leases,
+                failover,
                 ..
             } = &t.source
             {
@@ -389,6 +391,45 @@ impl Job {
                 if let Some(c) = consumer {
                     crate::source::kinesis::check_consumer_name(c)
                         .map_err(|m| bad(&format!("targets.{name}.source.consumer"), m))?;
+                }
+                match (leases, failover) {
+                    (Some(table), failover) => {
+                        crate::source::kinesis::leases::check_table_name(table)
+                            .map_err(|m| bad(&format!("targets.{name}.source.leases"), m))?;
+                        let key = format!("targets.{name}.source.failover");
+                        let failover = units::parse_duration(
+                            failover.as_deref().unwrap_or(config::DEFAULT_FAILOVER),
+                        )
+                        .map_err(|m| bad(&key, m))?;
+                        if failover < std::time::Duration::from_secs(1) {
+                            return Err(bad(
+                                &key,
+                                "must be at least 1s (leases are renewed every third of it), e.g. \"10s\"".into(),
+                            ));
+                        }
+                        // Window and update outputs keep one state over the whole stream; each
+                        // worker writes only its shards.
+                        for (output, o) in &outputs {
+                            let mode = match o.emit {
+                                Emit::Batch => continue,
+                                Emit::Window(_) => "window",
+                                Emit::Update => "update",
+                            };
+                            return Err(bad(
+                                &format!("targets.{name}.source.leases"),
+                                format!(
+                                    "output \"{output}\" has emit = \"{mode}\", whose state needs one writer for the whole stream, but with leases each worker writes only the shards it owns. Use emit = \"batch\" (aggregate in SQL over the lake), or run this target without leases"
+                                ),
+                            ));
+                        }
+                    }
+                    (None, Some(_)) => {
+                        return Err(bad(
+                            &format!("targets.{name}.source.failover"),
+                            "failover applies to leased sources only; add leases = \"<DynamoDB table>\" or remove failover".into(),
+                        ));
+                    }
+                    (None, None) => {}
                 }
             }
             let loads = {
@@ -829,5 +870,37 @@ lake = "lake"
         let text = GOOD.replace("kind = \"files\"", "kind = \"filez\"");
         let err = Job::parse(&file, &text).unwrap_err().to_string();
         assert!(err.contains("did you mean \"files\""), "{err}");
+    }
+
+    #[test]
+    fn leases_are_checked_and_refuse_state_outputs() {
+        let dir = project();
+        let file = dir.path().join("jobs/shop.toml");
+        let leased = |source: &str, outputs: &str| {
+            let text = format!(
+                "{GOOD}\n[targets.prod]\nsource = {{ kind = \"kinesis\", stream = \"s\", {source} }}\nlake = \"lake\"\n{outputs}"
+            );
+            Job::parse(&file, &text)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        leased("leases = \"shop-leases\", failover = \"5s\"", "").unwrap();
+        let err = leased("leases = \"x\"", "").unwrap_err();
+        assert!(
+            err.contains("targets.prod.source.leases") && err.contains("e.g."),
+            "{err}"
+        );
+        let err = leased("leases = \"shop-leases\", failover = \"100ms\"", "").unwrap_err();
+        assert!(err.contains("targets.prod.source.failover"), "{err}");
+        let err = leased("failover = \"5s\"", "").unwrap_err();
+        assert!(err.contains("leased sources only"), "{err}");
+        let update = "[outputs.stock]\nemit = \"update\"\n";
+        let err = leased("leases = \"shop-leases\"", update).unwrap_err();
+        assert!(
+            err.contains("stock")
+                && err.contains("emit = \"update\"")
+                && err.contains("without leases"),
+            "{err}"
+        );
     }
 }

@@ -763,6 +763,7 @@ impl Backfill {
             committed_at: chrono::Utc::now(),
             backfill: true,
             windows: Default::default(),
+            lease: None,
         })
     }
 }

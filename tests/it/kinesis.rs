@@ -24,6 +24,10 @@ pub fn aws_env(cmd: &mut Command) -> &mut Command {
         "AWS_ENDPOINT_URL_S3",
         endpoint("WEIR_TEST_S3", "http://127.0.0.1:45671"),
     )
+    .env(
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        endpoint("WEIR_TEST_DYNAMODB", "http://127.0.0.1:45671"),
+    )
     .env("AWS_ACCESS_KEY_ID", "test")
     .env("AWS_SECRET_ACCESS_KEY", "test")
     .env("AWS_REGION", "us-east-1")
@@ -607,6 +611,7 @@ fn two_writers_cannot_commit_the_same_batch_on_s3() {
         committed_at: chrono::Utc::now(),
         backfill: false,
         windows: Default::default(),
+        lease: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

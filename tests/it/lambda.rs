@@ -233,7 +233,7 @@ fn lambda_cmd(root: &Path, api: &str) -> Command {
 }
 
 /// The land-every-event job of the benchmark, in a project of its own.
-fn land_project() -> tempfile::TempDir {
+pub(crate) fn land_project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("jobs")).unwrap();

@@ -8,6 +8,7 @@ mod ecommerce;
 mod errors;
 mod kinesis;
 mod lambda;
+mod leases;
 mod models;
 mod serve;
 mod updates;

@@ -4,10 +4,13 @@
 
 mod fanout;
 pub mod kpl;
+pub mod leases;
 mod reader;
 pub mod shards;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -75,6 +78,19 @@ pub struct KinesisSource {
     /// The enhanced fan-out consumer's ARN, when one is named: shards are then read by
     /// SubscribeToShard instead of GetRecords.
     consumer_arn: Option<String>,
+    /// A leased worker's shard writer reads this one shard only, to its end.
+    only: Option<OneShard>,
+}
+
+/// The one shard a leased worker's shard writer reads.
+#[derive(Clone)]
+struct OneShard {
+    id: String,
+    /// Set once the shard is read to its end (closed by a split or merge).
+    ended: Arc<AtomicBool>,
+    /// Where to resume when the writer has no checkpoint of its own: the job's checkpoint from
+    /// before it was leased.
+    seed: Option<Position>,
 }
 
 impl KinesisSource {
@@ -109,7 +125,81 @@ impl KinesisSource {
             start,
             limits,
             consumer_arn,
+            only: None,
         })
+    }
+
+    /// The stream's one shard `id`, read from its checkpoint (else after `seed`, else from
+    /// `start`) to its end: the shard writer of a leased worker, which starts a child only after
+    /// its parents ended. The flag is set once the shard is read to its end.
+    pub fn one_shard(
+        &self,
+        id: &str,
+        start: StartAt,
+        seed: Option<Position>,
+    ) -> (Self, Arc<AtomicBool>) {
+        let ended = Arc::new(AtomicBool::new(false));
+        let this = Self {
+            client: self.client.clone(),
+            stream: self.stream.clone(),
+            start,
+            limits: self.limits,
+            consumer_arn: self.consumer_arn.clone(),
+            only: Some(OneShard {
+                id: id.to_string(),
+                ended: ended.clone(),
+                seed,
+            }),
+        };
+        (this, ended)
+    }
+
+    /// The stream's shards (for a leased worker's leases).
+    pub async fn shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
+        shards::list(&self.client, &self.stream, None).await
+    }
+
+    /// Reads the one shard of a shard writer to its end, or until the receiver is dropped.
+    async fn read_one(
+        &self,
+        one: &OneShard,
+        from: &Checkpoint,
+        tx: mpsc::Sender<RawChunk>,
+    ) -> Result<(), SourceError> {
+        let after = from.get(&one.id).or(one.seed.as_ref()).cloned();
+        let start = after
+            .as_ref()
+            .map(resume)
+            .unwrap_or_else(|| self.start.clone());
+        tracing::info!(shard = %one.id, ?start, "reading shard");
+        let closed = fanout::ClosedShards::default();
+        let mut tasks = JoinSet::new();
+        self.spawn_shard(&mut tasks, &closed, &one.id, start, after, tx.clone());
+        // A subscription learns that its shard is closed from ListShards (see fanout.rs).
+        let mut discover = tokio::time::interval(SHARD_DISCOVERY);
+        loop {
+            tokio::select! {
+                _ = discover.tick(), if self.consumer_arn.is_some() => {
+                    let listed = shards::list(&self.client, &self.stream, None).await?;
+                    if listed.iter().any(|s| s.id == one.id && s.closed) {
+                        closed.lock().unwrap().insert(one.id.clone());
+                    }
+                }
+                Some(done) = tasks.join_next() => {
+                    let (shard, end) = done.expect("shard reader panicked");
+                    if let ShardEnd::Closed(children) = end? {
+                        tracing::info!(
+                            %shard,
+                            children = ?children.iter().map(|c| &c.id).collect::<Vec<_>>(),
+                            "shard closed and read to its end"
+                        );
+                        one.ended.store(true, Ordering::SeqCst);
+                    }
+                    return Ok(());
+                }
+                _ = tx.closed() => return Ok(()),
+            }
+        }
     }
 
     /// Reads one shard from `start` (after `after`) to its end: pushed to a subscription when
@@ -199,6 +289,9 @@ impl Source for KinesisSource {
     }
 
     async fn read(&self, from: &Checkpoint, tx: mpsc::Sender<RawChunk>) -> Result<(), SourceError> {
+        if let Some(one) = &self.only {
+            return self.read_one(one, from, tx).await;
+        }
         let mut started = BTreeSet::new();
         let mut finished = BTreeSet::new();
         // Children named by their parents' last answers, until ListShards lists them too.
