@@ -108,6 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             c.batch,
             c.committed_at.format("%Y-%m-%d %H:%M:%S UTC")
         ),
+        None if leased => println!("  committed  by the shard writers below (one per shard)"),
         None => println!("  committed  nothing yet"),
     }
     for (name, w) in last.iter().flat_map(|c| &c.windows) {
