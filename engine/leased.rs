@@ -98,11 +98,7 @@ pub struct Worker {
     /// The job's checkpoint from before its target was leased (its one writer's last commit):
     /// a shard writer without commits of its own resumes there instead of starting over.
     seed: Checkpoint,
-    /// The leases held, renewed by their own task (`keep_renewed`).
-    renewing: Renewing,
 }
-
-type Renewing = Arc<std::sync::Mutex<BTreeMap<String, Arc<ShardHold>>>>;
 
 /// The default worker id: host name and process id.
 pub fn default_worker_id() -> String {
@@ -115,6 +111,7 @@ pub fn default_worker_id() -> String {
 }
 
 /// The job's checkpoint from its one writer's commit log (`weir run` without leases), if any.
+/// That writer must not be running: its lease in the lake is taken and given back.
 async fn job_checkpoint(
     job: &Job,
     opts: &RunOptions,
@@ -122,6 +119,24 @@ async fn job_checkpoint(
 ) -> Result<Checkpoint, WorkerError> {
     use crate::commit::{CommitStore, ObjectCommitStore};
     let url = opts.lake.clone().unwrap_or(target_lake.to_string());
+    let lake = crate::sink::lake::Lake::open(&url, job)
+        .await
+        .map_err(PipelineError::from)?;
+    // Workers starting together take it in turn, each for a moment.
+    let mut attempts = 0;
+    loop {
+        match lake.take_lease().await {
+            Ok(lease) => {
+                lease.release().await;
+                break;
+            }
+            Err(LeaseError::Held { .. }) if attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100 + 50 * attempts)).await;
+            }
+            Err(e) => return Err(PipelineError::from(e).into()),
+        }
+    }
     let location = crate::storage::Location::parse(&url).map_err(PipelineError::from)?;
     let state = location.path(&crate::sink::lake::Layout::new(&job.name).state());
     let commits = ObjectCommitStore::new(location.store.clone(), state, &job.name);
@@ -190,7 +205,7 @@ impl Worker {
             chunk_limits(&job.batch),
         )
         .await?;
-        let table = LeaseTable::open(table).await?;
+        let table = LeaseTable::open(table, failover).await?;
         let seed = job_checkpoint(&job, &opts, &target.lake).await?;
         let initial = match start {
             StartAt::TrimHorizon | StartAt::Sequence(_) => "TRIM_HORIZON",
@@ -208,7 +223,6 @@ impl Worker {
             initial,
             start,
             seed,
-            renewing: Renewing::default(),
         }))
     }
 
@@ -291,7 +305,6 @@ impl Worker {
         let mut listed = this.sync_shards(&BTreeSet::new()).await?;
         let mut synced = Instant::now();
         let round = (this.failover / 3).max(Duration::from_millis(100));
-        let renewals = tokio::spawn(keep_renewed(this.renewing.clone(), this.failover));
         let mut tick = tokio::time::interval(round);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result: Result<(), WorkerError> = async {
@@ -309,7 +322,7 @@ impl Worker {
                     }
                 }
                 // A failed read of the table or the stream is tried again at the next round;
-                // meanwhile the leases held are renewed by their own task.
+                // meanwhile each lease held is renewed by a task of its own.
                 let leases = match this.table.scan().await {
                     Ok(leases) => leases,
                     Err(e) => {
@@ -333,7 +346,11 @@ impl Worker {
                     }
                 }
                 let mine: BTreeSet<&str> = held.keys().map(String::as_str).collect();
-                let chosen = choose(&this.me, this.failover, &leases, &mine, &seen, &listed);
+                let me = Me {
+                    id: &this.me,
+                    token: this.table.token(),
+                };
+                let chosen = choose(me, this.failover, &leases, &mine, &seen, &listed);
                 for (lease, stolen) in chosen {
                     this.take(&mut held, &mut writers, &mut summary, lease, stolen)
                         .await;
@@ -343,7 +360,7 @@ impl Worker {
         }
         .await;
         // Stop every writer after its batch in hand (its lease still renewed meanwhile); each
-        // gives its lease up as it ends.
+        // lease is given up as its writer ends.
         for h in held.values() {
             h.stop.send_replace(true);
         }
@@ -361,7 +378,6 @@ impl Worker {
                 },
             }
         }
-        renewals.abort();
         metrics::gauge!("weir_leases_held").set(0.0);
         summary.elapsed = started.elapsed();
         result.map(|()| summary)
@@ -406,17 +422,15 @@ impl Worker {
             renewed: std::sync::Mutex::new(Instant::now()),
             serial: tokio::sync::Mutex::new(()),
             lost: watch::Sender::new(false),
+            released: AtomicBool::new(false),
         });
+        tokio::spawn(keep_renewed(hold.clone(), self.failover));
         let start = match (lease.checkpoint.as_str(), lease.start_at_ms) {
             ("LATEST", Some(at)) => StartAt::Timestamp(at),
             ("LATEST", None) => StartAt::Latest,
             ("AT_TIMESTAMP", _) => self.start.clone(),
             _ => StartAt::TrimHorizon,
         };
-        self.renewing
-            .lock()
-            .unwrap()
-            .insert(lease.shard.clone(), hold.clone());
         let h = Held {
             lease: hold,
             stop: watch::Sender::new(false),
@@ -487,8 +501,6 @@ impl Worker {
         let Some(mut h) = held.remove(shard) else {
             return Ok(None);
         };
-        // Renewed no more: the lease is ended, released or lost below (or held on by a restart).
-        self.renewing.lock().unwrap().remove(shard);
         let stopping = *h.stop.borrow();
         // Whatever failed, a writer that lost its lease just stops.
         let lost = result.is_err()
@@ -498,6 +510,7 @@ impl Worker {
                 add(summary.shards.entry(shard.to_string()).or_default(), &s);
                 // The shard's end counts only when the run drained its source: a stop may have
                 // dropped records read but not yet in a batch.
+                h.lease.released.store(true, Ordering::SeqCst);
                 if h.ended.load(Ordering::SeqCst) && !stopping {
                     match h.lease.end().await {
                         Ok(()) => {
@@ -524,8 +537,14 @@ impl Worker {
                 if h.started.elapsed() > RESTART_RESET {
                     h.failures = 0;
                 }
-                h.failures += 1;
+                // A lease change that failed (DynamoDB slow or away) is retried by starting
+                // again, without counting: whether the lease is still held is the renewals' call.
+                let lease_call = matches!(e, PipelineError::Lease(LeaseError::ShardLease { .. }));
+                if !lease_call || h.failures == 0 {
+                    h.failures += 1;
+                }
                 if stopping || h.failures > RESTARTS {
+                    h.lease.released.store(true, Ordering::SeqCst);
                     let _ = h.lease.give_up().await;
                     Err(WorkerError::Writer {
                         shard: shard.to_string(),
@@ -534,10 +553,6 @@ impl Worker {
                 } else {
                     tracing::warn!(%shard, attempt = h.failures, "shard writer failed, starting it again: {e}");
                     h.started = Instant::now();
-                    self.renewing
-                        .lock()
-                        .unwrap()
-                        .insert(shard.to_string(), h.lease.clone());
                     Ok(Some(h))
                 }
             }
@@ -545,43 +560,47 @@ impl Worker {
     }
 }
 
-/// Renews every lease held, every third of the failover time, all at once and on a task of its
-/// own (nothing else the worker does can delay a renewal). A lease found lost stops its writer;
+/// Renews one lease every third of the failover time, on a task of its own (nothing else the
+/// worker does can delay it), until it is released or lost. A lease found lost stops its writer;
 /// one not renewed for the failover time is given up as lost (another worker may have it).
-async fn keep_renewed(renewing: Renewing, failover: Duration) {
+async fn keep_renewed(hold: Arc<ShardHold>, failover: Duration) {
     let mut tick = tokio::time::interval((failover / 3).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
         tick.tick().await;
-        let holds: Vec<Arc<ShardHold>> = renewing.lock().unwrap().values().cloned().collect();
-        let renewals = holds
-            .iter()
-            .filter(|h| !h.is_lost())
-            .map(|h| async move { (h, h.renew().await) });
-        for (h, result) in futures::future::join_all(renewals).await {
-            match result {
-                Ok(()) => {}
-                // Released meanwhile by the worker itself: not a loss.
-                Err(Changed::Lost) if !renewing.lock().unwrap().contains_key(&h.shard) => {}
-                Err(Changed::Lost) => {
-                    tracing::warn!(shard = %h.shard, "lease lost to another worker: its writer stops without committing");
-                }
-                Err(Changed::Failed(e)) if h.renewed.lock().unwrap().elapsed() >= failover => {
-                    tracing::warn!(shard = %h.shard, "lease not renewed for the failover time ({e}): its writer stops");
-                    h.lose();
-                }
-                Err(Changed::Failed(e)) => {
-                    tracing::warn!(shard = %h.shard, "renewing the lease failed: {e}");
-                }
+        let shard = &hold.shard;
+        match hold.renew_unless_released().await {
+            None => return,
+            Some(Ok(())) => {}
+            Some(Err(Changed::Lost)) => {
+                tracing::warn!(%shard, "lease lost to another worker: its writer stops without committing");
+                return;
+            }
+            Some(Err(Changed::Failed(e))) if hold.renewed.lock().unwrap().elapsed() >= failover => {
+                tracing::warn!(%shard, "lease not renewed for the failover time ({e}): its writer stops");
+                hold.lose();
+                return;
+            }
+            Some(Err(Changed::Failed(e))) => {
+                tracing::warn!(%shard, "renewing the lease failed: {e}");
             }
         }
     }
 }
 
+/// The worker choosing leases: its id, and its process's token (which tells its own leases from
+/// those of an earlier process with the same id).
+#[derive(Clone, Copy)]
+struct Me<'a> {
+    id: &'a str,
+    token: &'a str,
+}
+
 /// The leases to take now: free ones up to this worker's share, else one stolen from the
 /// busiest worker when it holds more than its share.
 fn choose(
-    me: &str,
+    me: Me<'_>,
     failover: Duration,
     leases: &[ShardLease],
     held: &BTreeSet<&str>,
@@ -589,33 +608,39 @@ fn choose(
     listed: &BTreeSet<String>,
 ) -> Vec<(ShardLease, bool)> {
     let by_id: HashMap<&str, &ShardLease> = leases.iter().map(|l| (l.shard.as_str(), l)).collect();
-    // A child waits until every parent is read to its end (a parent with no lease that is
-    // still listed has not been added yet).
+    // A child waits until every parent is read to its end. A parent the stream no longer lists
+    // (past its retention) has nothing left to read; one listed but without a lease has not been
+    // added yet.
     let parents_done = |l: &ShardLease| {
         l.parents.iter().all(|p| match by_id.get(p.as_str()) {
+            _ if !listed.contains(p) => true,
             Some(parent) => parent.ended(),
-            None => !listed.contains(p),
+            None => false,
         })
     };
+    let me_id = me.id;
     let expired = |l: &ShardLease| match &l.owner {
         None => true,
-        // Still in this worker's name but not held (a restart with the same id, a lease given
-        // up as lost): free for it.
-        Some(o) if o == me => !held.contains(l.shard.as_str()),
+        // Still in this worker's name but not held, last changed by this very process (a lease
+        // given up as lost, a release whose answer was lost): free for it at once. One left by
+        // an earlier process with the same id waits for the failover time like any other.
+        Some(o) if o == me_id && l.changed_by(me.token) => !held.contains(l.shard.as_str()),
+        Some(o) if o == me_id && held.contains(l.shard.as_str()) => false,
         Some(_) => seen
             .get(&l.shard)
             .is_some_and(|(_, since)| since.elapsed() >= failover),
     };
+    // Leases of shards the stream no longer lists are left alone: nothing can be read from them.
     let active: Vec<&ShardLease> = leases
         .iter()
-        .filter(|l| !l.ended() && parents_done(l))
+        .filter(|l| !l.ended() && listed.contains(&l.shard) && parents_done(l))
         .collect();
     let mut per_owner: BTreeMap<&str, Vec<&ShardLease>> = BTreeMap::new();
-    per_owner.insert(me, Vec::new());
+    per_owner.insert(me_id, Vec::new());
     for l in &active {
         if let Some(o) = &l.owner
             && !expired(l)
-            && o != me
+            && o != me_id
         {
             per_owner.entry(o.as_str()).or_default().push(l);
         }
@@ -635,7 +660,7 @@ fn choose(
     free.sort_by_key(|l| {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
-        (me, &l.shard).hash(&mut h);
+        (me_id, &l.shard).hash(&mut h);
         h.finish()
     });
     let free: Vec<(ShardLease, bool)> = free
@@ -648,7 +673,7 @@ fn choose(
     }
     let busiest = per_owner
         .iter()
-        .filter(|(o, _)| **o != me)
+        .filter(|(o, _)| **o != me_id)
         .max_by_key(|(_, ls)| ls.len());
     match busiest {
         Some((_, ls)) if ls.len() > target => vec![((*ls[ls.len() - 1]).clone(), true)],
@@ -704,6 +729,8 @@ struct ShardHold {
     renewed: std::sync::Mutex<Instant>,
     serial: tokio::sync::Mutex<()>,
     lost: watch::Sender<bool>,
+    /// Set before the worker ends or releases the lease: renewals stop.
+    released: AtomicBool,
 }
 
 impl ShardHold {
@@ -743,13 +770,31 @@ impl ShardHold {
             .await
     }
 
+    /// A background renewal: none once the lease is being released (a renewal in flight ends
+    /// before the release starts: both take `serial`).
+    async fn renew_unless_released(&self) -> Option<Result<(), Changed>> {
+        if self.released.load(Ordering::SeqCst) || self.is_lost() {
+            return None;
+        }
+        let result = self
+            .change(|c| async move {
+                if self.released.load(Ordering::SeqCst) {
+                    // Released while this renewal waited its turn: change nothing.
+                    return Ok(c);
+                }
+                self.table.renew(&self.shard, &self.me, c).await
+            })
+            .await;
+        Some(result)
+    }
+
+    /// Checkpoints `SHARD_END` and releases the lease, in one change.
     async fn end(&self) -> Result<(), Changed> {
-        self.change(|c| {
-            self.table
-                .checkpoint(&self.shard, &self.me, c, &Checkpointed::End)
-        })
-        .await?;
-        self.give_up().await
+        let result = self
+            .change(|c| self.table.end(&self.shard, &self.me, c))
+            .await;
+        self.lose();
+        result
     }
 
     async fn give_up(&self) -> Result<(), Changed> {
@@ -830,6 +875,7 @@ mod tests {
             owner_switches: 0,
             parents: parents.iter().map(|p| format!("s{p}")).collect(),
             start_at_ms: None,
+            writer: None,
         }
     }
 
@@ -848,40 +894,46 @@ mod tests {
 
     const FAILOVER: Duration = Duration::from_secs(10);
 
+    fn me(id: &str) -> Me<'_> {
+        Me { id, token: "t1" }
+    }
+
+    /// Every shard `0..n` (and `extra`) listed by the stream.
+    fn listed(n: u32, extra: &[u32]) -> BTreeSet<String> {
+        (0..n)
+            .chain(extra.iter().copied())
+            .map(|i| format!("s{i}"))
+            .collect()
+    }
+
     #[test]
     fn takes_free_leases_up_to_its_share() {
         let leases: Vec<_> = (0..8)
             .map(|i| lease(i, None, &[], "TRIM_HORIZON"))
             .collect();
-        let chosen = choose(
-            "a",
-            FAILOVER,
-            &leases,
-            &BTreeSet::new(),
-            &seen(&leases, Duration::ZERO),
-            &BTreeSet::new(),
-        );
+        let live = seen(&leases, Duration::ZERO);
+        let none = BTreeSet::new();
         // Alone, a worker takes every free lease.
+        let chosen = choose(me("a"), FAILOVER, &leases, &none, &live, &listed(8, &[]));
         assert_eq!(chosen.len(), 8);
+        // Workers starting together go through them in different orders.
+        let other = choose(me("b"), FAILOVER, &leases, &none, &live, &listed(8, &[]));
+        assert_ne!(shards(&chosen), shards(&other));
         // With b holding three live leases, a's share of 8 is 4.
         let mut leases = leases;
         for l in leases.iter_mut().take(3) {
             l.owner = Some("b".into());
         }
-        let chosen = choose(
-            "a",
-            FAILOVER,
-            &leases,
-            &BTreeSet::new(),
-            &seen(&leases, Duration::ZERO),
-            &BTreeSet::new(),
-        );
+        let chosen = choose(me("a"), FAILOVER, &leases, &none, &live, &listed(8, &[]));
         assert_eq!(chosen.len(), 4, "{:?}", shards(&chosen));
         assert!(
             chosen
                 .iter()
                 .all(|(l, stolen)| l.owner.is_none() && !stolen)
         );
+        // A shard the stream no longer lists is never taken.
+        let chosen = choose(me("a"), FAILOVER, &leases, &none, &live, &listed(4, &[]));
+        assert_eq!(shards(&chosen), [("s3".to_string(), false)]);
     }
 
     #[test]
@@ -890,32 +942,19 @@ mod tests {
             .map(|i| lease(i, Some(if i < 4 { "a" } else { "b" }), &[], "TRIM_HORIZON"))
             .collect();
         let live = seen(&leases, Duration::ZERO);
-        let chosen = choose(
-            "c",
-            FAILOVER,
-            &leases,
-            &BTreeSet::new(),
-            &live,
-            &BTreeSet::new(),
-        );
+        let all = listed(8, &[]);
+        let chosen = choose(me("c"), FAILOVER, &leases, &BTreeSet::new(), &live, &all);
         assert_eq!(chosen.len(), 1, "one at a time");
         assert!(chosen[0].1, "stolen");
         // At its share (3 of 8 among 3), nothing more; with 3/3/2 nobody steals.
         let held: BTreeSet<&str> = ["x", "y", "z"].into();
-        assert!(choose("c", FAILOVER, &leases, &held, &live, &BTreeSet::new()).is_empty());
+        assert!(choose(me("c"), FAILOVER, &leases, &held, &live, &all).is_empty());
         // b stopped renewing: its leases are free after the failover time.
         let mut stale = live.clone();
         for i in 4..8 {
             stale.get_mut(&format!("s{i}")).unwrap().1 = Instant::now() - FAILOVER;
         }
-        let chosen = choose(
-            "c",
-            FAILOVER,
-            &leases,
-            &BTreeSet::new(),
-            &stale,
-            &BTreeSet::new(),
-        );
+        let chosen = choose(me("c"), FAILOVER, &leases, &BTreeSet::new(), &stale, &all);
         assert_eq!(chosen.len(), 4, "{:?}", shards(&chosen));
         assert!(
             chosen
@@ -932,35 +971,64 @@ mod tests {
             lease(2, None, &[0, 1], "TRIM_HORIZON"),
         ];
         let live = seen(&leases, Duration::ZERO);
-        let (none, unlisted) = (BTreeSet::new(), BTreeSet::new());
-        assert!(choose("b", FAILOVER, &leases, &none, &live, &unlisted).is_empty());
+        let none = BTreeSet::new();
+        let all = listed(3, &[]);
+        assert!(choose(me("b"), FAILOVER, &leases, &none, &live, &all).is_empty());
         leases[0].checkpoint = SHARD_END_CHECKPOINT.into();
         leases[0].owner = None;
-        let chosen = choose("b", FAILOVER, &leases, &none, &live, &unlisted);
+        let chosen = choose(me("b"), FAILOVER, &leases, &none, &live, &all);
         assert_eq!(shards(&chosen), [("s2".to_string(), false)]);
         // A parent without a lease that is still listed has not been added yet: wait.
         let orphan = vec![lease(3, None, &[9], "TRIM_HORIZON")];
-        let listed: BTreeSet<String> = ["s9".to_string()].into();
-        assert!(choose("b", FAILOVER, &orphan, &none, &live, &listed).is_empty());
-        // One past the stream's retention (not listed) does not hold its child back.
+        let live = seen(&orphan, Duration::ZERO);
+        assert!(
+            choose(
+                me("b"),
+                FAILOVER,
+                &orphan,
+                &none,
+                &live,
+                &listed(0, &[3, 9])
+            )
+            .is_empty()
+        );
+        // One past the stream's retention (not listed) does not hold its child back, even with
+        // a lease short of SHARD_END.
         assert_eq!(
-            choose("b", FAILOVER, &orphan, &none, &live, &unlisted).len(),
+            choose(me("b"), FAILOVER, &orphan, &none, &live, &listed(0, &[3])).len(),
             1
         );
+        let mut stuck = orphan.clone();
+        stuck.push(lease(9, None, &[], "49000"));
+        let chosen = choose(me("b"), FAILOVER, &stuck, &none, &live, &listed(0, &[3]));
+        assert_eq!(shards(&chosen), [("s3".to_string(), false)]);
     }
 
     #[test]
-    fn a_lease_in_its_own_name_but_not_held_is_free_for_it() {
-        // A restart with the same --worker-id: the table still names it.
-        let leases = vec![lease(0, Some("a"), &[], "49000")];
+    fn a_lease_in_its_own_name_is_free_at_once_only_for_the_process_that_left_it() {
+        let mut leases = vec![lease(0, Some("a"), &[], "49000")];
+        leases[0].writer = Some("t1/5".into());
         let live = seen(&leases, Duration::ZERO);
         let none = BTreeSet::new();
+        // Given up as lost by this very process: taken again at once.
         assert_eq!(
-            choose("a", FAILOVER, &leases, &none, &live, &BTreeSet::new()).len(),
+            choose(me("a"), FAILOVER, &leases, &none, &live, &listed(1, &[])).len(),
             1
         );
         let held: BTreeSet<&str> = ["s0"].into();
-        assert!(choose("a", FAILOVER, &leases, &held, &live, &BTreeSet::new()).is_empty());
+        assert!(choose(me("a"), FAILOVER, &leases, &held, &live, &listed(1, &[])).is_empty());
+        // Left by another process with the same id (maybe still running): after the failover
+        // time only.
+        let later = Me {
+            id: "a",
+            token: "t2",
+        };
+        assert!(choose(later, FAILOVER, &leases, &none, &live, &listed(1, &[])).is_empty());
+        let stale = seen(&leases, FAILOVER);
+        assert_eq!(
+            choose(later, FAILOVER, &leases, &none, &stale, &listed(1, &[])).len(),
+            1
+        );
     }
 
     const SHARD_END_CHECKPOINT: &str = crate::source::kinesis::leases::SHARD_END;

@@ -249,7 +249,8 @@ fn three_workers_share_a_stream_through_a_kill_a_late_join_and_a_split() {
     let mut w1 = worker(root, "w1");
     let mut w2 = worker(root, "w2");
     wait_committed(root, 2000, &mut [&mut w1, &mut w2]);
-    // Whoever started first took every free lease; the other steals one a round up to its half.
+    // The two split the free leases as they start; whoever has more than half gives one a round
+    // to the other (stolen).
     wait_until("four leases each", Duration::from_secs(30), || {
         held_by(&table, "w1") == 4 && held_by(&table, "w2") == 4
     });
@@ -417,4 +418,49 @@ fn a_paused_worker_commits_nothing_after_losing_its_leases() {
             .any(|o| o.len() >= 2 && o.last().unwrap() == "w1"),
         "w1 committed again on shards it took back: {owners:?}"
     );
+}
+
+/// A target switched from one writer to leases goes on from the job's checkpoint: the shard
+/// writers read only what came after it.
+#[test]
+fn switching_a_target_to_leases_goes_on_from_its_checkpoint() {
+    let s = stream("switch");
+    let table = lease_table("switch");
+    let dir = project(&s, &table, "2s");
+    let root = dir.path();
+    let job = root.join("jobs/land.toml");
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(&format!(
+        "\n[targets.single]\nsource = {{ kind = \"kinesis\", stream = \"{s}\" }}\nlake = \"lake\"\n"
+    ));
+    std::fs::write(&job, text).unwrap();
+    run(&mut produce(&s, 1000, 1, &["--create-shards", "2"]), true);
+    let single = aws_env(&mut weir())
+        .current_dir(root)
+        .args(["run", "jobs/land.toml", "--quiet", "--target", "single"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let job_commits = root.join("lake/_weir/land/commits");
+    wait_until(
+        "the one writer commits 1,000",
+        Duration::from_secs(60),
+        || {
+            state_entries(&job_commits)
+                .iter()
+                .map(|v| v["records"].as_u64().unwrap())
+                .sum::<u64>()
+                == 1000
+        },
+    );
+    stop(root, "single", single);
+    let mut w1 = worker(root, "w1");
+    run(&mut produce(&s, 1000, 2, &[]), true);
+    // Only the 1,000 new events: the shard writers start after the job's checkpoint.
+    wait_committed(root, 1000, &mut [&mut w1]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(committed(root), 1000);
+    stop(root, "w1", w1);
+    assert_exactly(root, 2000);
 }

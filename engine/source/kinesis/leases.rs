@@ -7,6 +7,8 @@
 //! a counter that has not moved for the failover time belongs to a worker that is gone.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -23,8 +25,8 @@ use crate::source::Position;
 
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
-/// Longest wait for one DynamoDB call attempt, and for a call with its retries: a lease change
-/// that takes longer than a failover time is worse than one that fails (the next round retries).
+/// Longest wait for one DynamoDB call attempt, and for a call with its retries, when no failover
+/// time says otherwise (`weir status`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Longest wait for a new lease table to become active.
@@ -57,11 +59,21 @@ pub struct ShardLease {
     /// For a `LATEST` lease, the moment it was added (epoch ms, `weirStartAt`): whoever owns the
     /// shard first starts there, so that no owner skips what came in before it started.
     pub start_at_ms: Option<i64>,
+    /// The process and change that last changed it (`weirWriter`, `<token>/<n>`).
+    pub writer: Option<String>,
 }
 
 impl ShardLease {
     pub fn ended(&self) -> bool {
         self.checkpoint == SHARD_END
+    }
+
+    /// Whether the process with `token` made the last change to it.
+    pub fn changed_by(&self, token: &str) -> bool {
+        self.writer
+            .as_deref()
+            .and_then(|w| w.split_once('/'))
+            .is_some_and(|(t, _)| t == token)
     }
 
     /// The last position committed, when the checkpoint is one.
@@ -95,35 +107,59 @@ impl std::fmt::Display for Changed {
 pub struct LeaseTable {
     client: Client,
     table: String,
+    /// This process's token: every change it makes writes `weirWriter = <token>/<n>`, with a new
+    /// `n` each time, to tell its own changes (and leases) from any other process's, even one
+    /// with the same worker id.
+    token: Arc<str>,
+    changes: Arc<AtomicU64>,
 }
 
 impl LeaseTable {
     /// Connects with the standard AWS configuration (`AWS_ENDPOINT_URL_DYNAMODB` for a stand-in);
     /// creates the table (on-demand billing) if it is missing and waits until it is active.
-    pub async fn open(table: &str) -> Result<Self, LeaseTableError> {
-        let this = Self::connect(table).await;
+    /// A lease change (with its retries) gives up after a third of `failover`, at least 2 s: one
+    /// that takes longer is worse than one that fails, as the next round retries it.
+    pub async fn open(table: &str, failover: Duration) -> Result<Self, LeaseTableError> {
+        let operation = (failover / 3).clamp(Duration::from_secs(2), OPERATION_TIMEOUT);
+        let attempt = (operation / 2).min(CALL_TIMEOUT);
+        let this = Self::with_timeouts(table, attempt, operation).await;
         this.ensure().await?;
         Ok(this)
     }
 
     /// The table, as it is (`weir status` reads it; it neither creates nor waits for it).
     pub async fn connect(table: &str) -> Self {
+        Self::with_timeouts(table, CALL_TIMEOUT, OPERATION_TIMEOUT).await
+    }
+
+    async fn with_timeouts(table: &str, attempt: Duration, operation: Duration) -> Self {
         let config = aws_config::load_from_env().await;
         let client = Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&config)
                 .retry_config(RetryConfig::standard().with_max_attempts(3))
                 .timeout_config(
                     TimeoutConfig::builder()
-                        .operation_attempt_timeout(CALL_TIMEOUT)
-                        .operation_timeout(OPERATION_TIMEOUT)
+                        .operation_attempt_timeout(attempt)
+                        .operation_timeout(operation)
                         .build(),
                 )
                 .build(),
         );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         Self {
             client,
             table: table.to_string(),
+            token: format!("{:x}-{:x}", std::process::id(), nanos).into(),
+            changes: Arc::default(),
         }
+    }
+
+    /// This process's token (see `weirWriter`).
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     pub fn name(&self) -> &str {
@@ -287,6 +323,7 @@ impl LeaseTable {
                 .and_then(|v| v.as_ss().ok())
                 .cloned()
                 .unwrap_or_default(),
+            writer: item.get("weirWriter").and_then(|v| v.as_s().ok()).cloned(),
             start_at_ms: item
                 .get("weirStartAt")
                 .and_then(|v| v.as_n().ok())
@@ -336,8 +373,8 @@ impl LeaseTable {
     /// by nobody). Returns the new counter.
     ///
     /// An attempt that timed out after DynamoDB applied it is retried by the SDK and then fails
-    /// its condition: the item as it stands (returned with the failure) tells this worker's own
-    /// change from another's.
+    /// its condition: the item as it stands (returned with the failure) names this very change
+    /// in `weirWriter` when it was applied.
     #[allow(clippy::too_many_arguments)]
     async fn update(
         &self,
@@ -350,7 +387,12 @@ impl LeaseTable {
         remove: &str,
     ) -> Result<u64, Changed> {
         let next = counter + 1;
-        let mut expression = format!("SET leaseCounter = :next{set}");
+        let change = format!(
+            "{}/{}",
+            self.token,
+            self.changes.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut expression = format!("SET leaseCounter = :next, weirWriter = :change{set}");
         if !remove.is_empty() {
             expression.push_str(" REMOVE ");
             expression.push_str(remove);
@@ -362,6 +404,7 @@ impl LeaseTable {
             .table_name(&self.table)
             .key("leaseKey", s(shard))
             .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":change", s(&change))
             .expression_attribute_values(":counter", n(counter));
         if let Some(owner) = owner {
             condition.push_str(" AND leaseOwner = :owner");
@@ -383,7 +426,11 @@ impl LeaseTable {
                     let mine = failed
                         .item()
                         .and_then(|item| self.parse(item).ok())
-                        .is_some_and(|now| now.counter == next && now.owner.as_deref() == after);
+                        .is_some_and(|now| {
+                            now.counter == next
+                                && now.owner.as_deref() == after
+                                && now.writer.as_deref() == Some(change.as_str())
+                        });
                     if mine { Ok(next) } else { Err(Changed::Lost) }
                 }
                 _ => Err(Changed::Failed(self.err("UpdateItem")(e))),
@@ -411,7 +458,7 @@ impl LeaseTable {
             .await
     }
 
-    /// Records `me`'s checkpoint of `shard` (a position, or `SHARD_END`).
+    /// Records `me`'s checkpoint of `shard`.
     pub async fn checkpoint(
         &self,
         shard: &str,
@@ -422,7 +469,6 @@ impl LeaseTable {
         let (checkpoint, sub) = match at {
             Checkpointed::At(Position::Sequence { seq, sub }) => (seq.clone(), *sub),
             Checkpointed::At(Position::Line(_)) => unreachable!("a Kinesis shard has sequences"),
-            Checkpointed::End => (SHARD_END.to_string(), 0),
         };
         self.update(
             shard,
@@ -433,6 +479,21 @@ impl LeaseTable {
              ownerSwitchesSinceCheckpoint = :zero",
             vec![(":cp", s(&checkpoint)), (":sub", n(sub)), (":zero", n(0))],
             "",
+        )
+        .await
+    }
+
+    /// Checkpoints `shard` at `SHARD_END` and gives the lease up, in one change.
+    pub async fn end(&self, shard: &str, me: &str, counter: u64) -> Result<u64, Changed> {
+        self.update(
+            shard,
+            counter,
+            Some(me),
+            None,
+            ", checkpoint = :cp, checkpointSubSequenceNumber = :zero, \
+             ownerSwitchesSinceCheckpoint = :zero",
+            vec![(":cp", s(SHARD_END)), (":zero", n(0))],
+            "leaseOwner",
         )
         .await
     }
@@ -448,7 +509,6 @@ impl LeaseTable {
 #[derive(Debug, Clone)]
 pub enum Checkpointed {
     At(Position),
-    End,
 }
 
 fn s(v: &str) -> AttributeValue {
@@ -508,7 +568,9 @@ mod tests {
             owner_switches: 0,
             parents: vec![],
             start_at_ms: None,
+            writer: Some("1a-2b/7".into()),
         };
+        assert!(lease.changed_by("1a-2b") && !lease.changed_by("1a"));
         assert_eq!(lease.position(), None);
         lease.checkpoint = "49590338271490256608559692538361571095921575989136588898".into();
         lease.sub = 2;
