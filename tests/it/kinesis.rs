@@ -573,7 +573,7 @@ fn throttling_and_server_errors_lose_nothing() {
 }
 
 /// A plain HTTP/1.0 GET; returns the whole response.
-fn http_get(addr: &str, path: &str) -> String {
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::*;
-use crate::kinesis::{aws_env, stream};
+use crate::kinesis::{aws_env, http_get, stream};
 use crate::lambda::land_project;
 
 /// A land-every-event project whose `prod` target reads `stream` with leases in `table`.
@@ -27,17 +27,27 @@ fn project(stream: &str, table: &str, failover: &str) -> tempfile::TempDir {
     dir
 }
 
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 fn lease_table(name: &str) -> String {
     stream(&format!("weir-test-{name}"))
 }
 
 /// A worker `id`, logging to `<id>.log`.
 fn worker(root: &Path, id: &str) -> Child {
+    worker_with(root, id, &[])
+}
+
+fn worker_with(root: &Path, id: &str, extra: &[&str]) -> Child {
     let log = std::fs::File::create(root.join(format!("{id}.log"))).unwrap();
     aws_env(&mut weir())
         .current_dir(root)
         .args(["run", "jobs/land.toml", "--quiet", "--target", "prod"])
         .args(["--worker-id", id])
+        .args(extra)
         .env("RUST_LOG", "warn,weir::leased=info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -246,8 +256,9 @@ fn three_workers_share_a_stream_through_a_kill_a_late_join_and_a_split() {
     let dir = project(&s, &table, "3s");
     let root = dir.path();
     run(&mut produce(&s, 2000, 1, &["--create-shards", "8"]), true);
+    let metrics = free_port();
     let mut w1 = worker(root, "w1");
-    let mut w2 = worker(root, "w2");
+    let mut w2 = worker_with(root, "w2", &["--metrics", &metrics]);
     wait_committed(root, 2000, &mut [&mut w1, &mut w2]);
     // The two split the free leases as they start; whoever has more than half gives one a round
     // to the other (stolen).
@@ -255,6 +266,12 @@ fn three_workers_share_a_stream_through_a_kill_a_late_join_and_a_split() {
         held_by(&table, "w1") == 4 && held_by(&table, "w2") == 4
     });
 
+    // Each worker serves its own /metrics: its leases, its shards' lag.
+    let text = http_get(&metrics, "/metrics");
+    assert!(
+        text.contains("weir_leases_held 4") && text.contains("weir_kinesis_millis_behind_latest"),
+        "{text}"
+    );
     // A producer keeps writing from here on.
     let mut producer = produce(&s, 6000, 2, &["--rate", "400"])
         .stdout(Stdio::null())
