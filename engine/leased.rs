@@ -309,6 +309,9 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result: Result<(), WorkerError> = async {
             loop {
+                // Leases lost to another worker stay in `held` until their writer ends.
+                let holding = held.values().filter(|h| !h.lease.is_lost()).count();
+                metrics::gauge!("weir_leases_held").set(holding as f64);
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),
                     _ = tick.tick() => {}
@@ -345,17 +348,24 @@ impl Worker {
                         *e = (l.counter, now);
                     }
                 }
-                let mine: BTreeSet<&str> = held.keys().map(String::as_str).collect();
+                let mine: BTreeSet<&str> = held
+                    .iter()
+                    .filter(|(_, h)| !h.lease.is_lost())
+                    .map(|(shard, _)| shard.as_str())
+                    .collect();
                 let me = Me {
                     id: &this.me,
                     token: this.table.token(),
                 };
                 let chosen = choose(me, this.failover, &leases, &mine, &seen, &listed);
                 for (lease, stolen) in chosen {
+                    // Not while the writer of a lease lost on that shard is still ending.
+                    if held.contains_key(&lease.shard) {
+                        continue;
+                    }
                     this.take(&mut held, &mut writers, &mut summary, lease, stolen)
                         .await;
                 }
-                metrics::gauge!("weir_leases_held").set(held.len() as f64);
             }
         }
         .await;

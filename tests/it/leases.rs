@@ -267,9 +267,14 @@ fn three_workers_share_a_stream_through_a_kill_a_late_join_and_a_split() {
     });
 
     // Each worker serves its own /metrics: its leases, its shards' lag.
+    wait_until(
+        "w2's /metrics shows its 4 leases",
+        Duration::from_secs(10),
+        || http_get(&metrics, "/metrics").contains("weir_leases_held 4"),
+    );
     let text = http_get(&metrics, "/metrics");
     assert!(
-        text.contains("weir_leases_held 4") && text.contains("weir_kinesis_millis_behind_latest"),
+        text.contains("weir_kinesis_millis_behind_latest{shard="),
         "{text}"
     );
     // A producer keeps writing from here on.

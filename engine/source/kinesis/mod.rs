@@ -369,7 +369,8 @@ impl Source for KinesisSource {
     }
 }
 
-/// The message of an SDK error, with its code.
+/// The message of an AWS SDK error (Kinesis, DynamoDB: the SDKs share their error types), with
+/// its code.
 pub(crate) fn error_text<E, R>(e: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
