@@ -281,3 +281,13 @@ pub fn kill_at_random(
     }
     kills
 }
+
+/// A free loopback port (bound, then released). A fixed port in the ephemeral range (32768-60999
+/// here) can be taken meanwhile by any outgoing connection's local end.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

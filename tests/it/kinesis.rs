@@ -146,8 +146,9 @@ fn produced_events_are_committed_exactly_once_and_sigterm_stops_cleanly() {
     let s = stream("produce");
     let p = project(&s, "lake");
     produce(&s, 3000, &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut child = aws_env(&mut p.run_cmd())
-        .args(["--target", "prod", "--metrics", "127.0.0.1:45698"])
+        .args(["--target", "prod", "--metrics", &addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -155,7 +156,7 @@ fn produced_events_are_committed_exactly_once_and_sigterm_stops_cleanly() {
     wait_committed(&state(&p), 3000, &mut child);
     produce(&s, 1000, &["--seed", "7", "--aggregate", "50"]);
     wait_committed(&state(&p), 4000, &mut child);
-    let metrics = http_get("127.0.0.1:45698", "/metrics");
+    let metrics = http_get(&addr, "/metrics");
     assert!(metrics.contains("weir_records_in_total 4000"), "{metrics}");
     assert!(metrics.contains("weir_bytes_in_total "), "{metrics}");
     assert!(
@@ -166,7 +167,7 @@ fn produced_events_are_committed_exactly_once_and_sigterm_stops_cleanly() {
         metrics.contains("weir_kinesis_millis_behind_latest{shard=\"shardId-000000000000\"}"),
         "{metrics}"
     );
-    assert!(http_get("127.0.0.1:45698", "/health").ends_with("ok\n"));
+    assert!(http_get(&addr, "/health").ends_with("ok\n"));
     // `funnel` is a window output: on a stream, its newest minutes stay open (no end of input).
     assert!(
         metrics.contains("weir_window_open_groups{output=\"funnel\"}"),

@@ -27,11 +27,6 @@ fn project(stream: &str, table: &str, failover: &str) -> tempfile::TempDir {
     dir
 }
 
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 fn lease_table(name: &str) -> String {
     stream(&format!("weir-test-{name}"))
 }
@@ -256,7 +251,7 @@ fn three_workers_share_a_stream_through_a_kill_a_late_join_and_a_split() {
     let dir = project(&s, &table, "3s");
     let root = dir.path();
     run(&mut produce(&s, 2000, 1, &["--create-shards", "8"]), true);
-    let metrics = free_port();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut w1 = worker(root, "w1");
     let mut w2 = worker_with(root, "w2", &["--metrics", &metrics]);
     wait_committed(root, 2000, &mut [&mut w1, &mut w2]);

@@ -607,15 +607,6 @@ fn sigkill_between_commit_and_load_loads_each_batch_exactly_once() {
     assert_ledger_exact(&p, &w);
 }
 
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_warehouse_down_does_not_stop_the_lake_and_loads_catch_up() {
     let w = Warehouses::new();
