@@ -30,9 +30,7 @@ use crate::commit::LeaseMark;
 use crate::commit::lease::{LeaseError, WriterLease};
 use crate::job::{Job, config::SourceConfig};
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunSummary, chunk_limits};
-use crate::source::kinesis::leases::{
-    Changed, Checkpointed, LeaseTable, LeaseTableError, ShardLease,
-};
+use crate::source::kinesis::leases::{Changed, LeaseTable, LeaseTableError, ShardLease};
 use crate::source::kinesis::{KinesisSource, StartAt};
 use crate::source::{Checkpoint, Source, SourceError};
 
@@ -854,8 +852,7 @@ impl WriterLease for ShardHold {
         let Some(at) = checkpoint.get(&self.shard) else {
             return Ok(());
         };
-        let at = Checkpointed::At(at.clone());
-        self.change(|c| self.table.checkpoint(&self.shard, &self.me, c, &at))
+        self.change(|c| self.table.checkpoint(&self.shard, &self.me, c, at))
             .await
             .map_err(|e| self.failed(e))
     }

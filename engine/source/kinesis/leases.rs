@@ -465,11 +465,11 @@ impl LeaseTable {
         shard: &str,
         me: &str,
         counter: u64,
-        at: &Checkpointed,
+        at: &Position,
     ) -> Result<u64, Changed> {
         let (checkpoint, sub) = match at {
-            Checkpointed::At(Position::Sequence { seq, sub }) => (seq.clone(), *sub),
-            Checkpointed::At(Position::Line(_)) => unreachable!("a Kinesis shard has sequences"),
+            Position::Sequence { seq, sub } => (seq.clone(), *sub),
+            Position::Line(_) => unreachable!("a Kinesis shard has sequences"),
         };
         self.update(
             shard,
@@ -504,12 +504,6 @@ impl LeaseTable {
         self.update(shard, counter, Some(me), None, "", Vec::new(), "leaseOwner")
             .await
     }
-}
-
-/// A checkpoint to record.
-#[derive(Debug, Clone)]
-pub enum Checkpointed {
-    At(Position),
 }
 
 fn s(v: &str) -> AttributeValue {
