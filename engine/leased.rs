@@ -153,13 +153,13 @@ async fn job_checkpoint(
 }
 
 impl Worker {
-    /// Checks the job and its target, connects to the stream and opens (or creates) the lease
-    /// table, before any lease is taken. `None` when the target's source is not leased.
+    /// Checks the job and its target (whose source must name a lease table), connects to the
+    /// stream and opens (or creates) the lease table, before any lease is taken.
     pub async fn open(
         job: Job,
         opts: RunOptions,
         worker_id: Option<String>,
-    ) -> Result<Option<Self>, WorkerError> {
+    ) -> Result<Self, WorkerError> {
         let target = job.target(opts.target.as_deref())?.clone();
         let SourceConfig::Kinesis {
             stream,
@@ -170,7 +170,13 @@ impl Worker {
             failover,
         } = &target.source
         else {
-            return Ok(None);
+            return Err(SourceError::Invalid {
+                input: target.name.clone(),
+                message:
+                    "a leased worker needs a Kinesis source with leases = \"<DynamoDB table>\""
+                        .into(),
+            }
+            .into());
         };
         if opts.input.is_some() {
             return Err(SourceError::Invalid {
@@ -211,7 +217,7 @@ impl Worker {
             StartAt::Timestamp(_) => "AT_TIMESTAMP",
         }
         .to_string();
-        Ok(Some(Self {
+        Ok(Self {
             job,
             opts,
             stream: source,
@@ -221,7 +227,7 @@ impl Worker {
             initial,
             start,
             seed,
-        }))
+        })
     }
 
     pub fn id(&self) -> &str {

@@ -296,8 +296,7 @@ impl Pipeline {
     /// shard's writer, as in Lambda mode, so each shard has its own batches, commit log and Delta
     /// transaction, and its new owner resumes at its last commit; `source` reads that shard only;
     /// `lease` is the shard's lease, checked before the tables commit and told of each commit.
-    /// Compaction is left to runs that own the whole job (several shard writers would rewrite the
-    /// same files).
+    /// No compaction: several shard writers would rewrite the same files.
     pub async fn open_shard(
         job: Job,
         opts: &RunOptions,

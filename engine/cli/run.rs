@@ -56,7 +56,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         replay: false,
     };
     let target = job.target(opts.target.as_deref())?.clone();
-    let job_target_source = target.source.clone();
+    let leased = matches!(
+        target.source,
+        SourceConfig::Kinesis {
+            leases: Some(_),
+            ..
+        }
+    );
     let mut server = tokio::task::JoinSet::new();
     let metrics_addr = args.metrics.or(target.metrics);
     let recorder = if metrics_addr.is_some() || args.serve {
@@ -81,19 +87,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let target = target.name;
     tokio::pin!(shutdown);
-    if let SourceConfig::Kinesis {
-        leases: Some(_), ..
-    } = &job_target_source
-    {
+    if leased {
         if args.serve {
             anyhow::bail!(
                 "--serve shows one writer's commits; with leases each worker writes some shards. Run `weir serve {}` beside the workers instead",
                 args.job.display()
             );
         }
-        let Some(worker) = Worker::open(job, opts, args.worker_id.clone()).await? else {
-            unreachable!("the target's source is leased");
-        };
+        let worker = Worker::open(job, opts, args.worker_id.clone()).await?;
         eprintln!("weir: worker {} of {}", worker.id(), worker.describe());
         let summary = worker.run(shutdown).await?;
         print_worker_summary(&name, &target, &summary);

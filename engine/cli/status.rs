@@ -40,7 +40,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let committed = last.as_ref().map_or(0, |c| c.batch);
     let cursors = Cursors::new(store.clone(), state.clone());
     let parked_store = ParkedStore::new(store.clone(), state);
-    let writers = lambda_writers(&location, &job.name).await?;
+    let writers = shard_writers(&location, &job.name).await?;
     let leases = match &target.source {
         crate::job::config::SourceConfig::Kinesis {
             leases: Some(table),
@@ -226,8 +226,9 @@ fn print_leases(
     }
 }
 
-/// The shards `weir lambda` wrote for this job (writers `<job>.<shard>`), each with its last commit.
-async fn lambda_writers(
+/// The shard writers of this job (`<job>.<shard>`: `weir lambda`'s, or leased workers'), each with
+/// its last commit.
+async fn shard_writers(
     location: &Location,
     job: &str,
 ) -> anyhow::Result<Vec<(String, crate::commit::CommitRecord)>> {

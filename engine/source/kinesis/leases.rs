@@ -76,14 +76,6 @@ impl ShardLease {
             .and_then(|w| w.split_once('/'))
             .is_some_and(|(t, _)| t == token)
     }
-
-    /// The last position committed, when the checkpoint is one.
-    pub fn position(&self) -> Option<Position> {
-        self.checkpoint
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| Position::sequence(self.checkpoint.clone(), self.sub))
-    }
 }
 
 /// What a conditional change found instead of what it expected.
@@ -538,27 +530,21 @@ mod tests {
     }
 
     #[test]
-    fn only_a_sequence_is_a_position() {
+    fn a_lease_tells_its_end_and_which_process_changed_it() {
         let mut lease = ShardLease {
             shard: "shardId-000000000000".into(),
             owner: None,
             counter: 0,
-            checkpoint: "TRIM_HORIZON".into(),
-            sub: 0,
+            checkpoint: "49590338271490256608559692538361571095921575989136588898".into(),
+            sub: 2,
             owner_switches: 0,
             parents: vec![],
             start_at_ms: None,
             writer: Some("1a-2b/7".into()),
         };
         assert!(lease.changed_by("1a-2b") && !lease.changed_by("1a"));
-        assert_eq!(lease.position(), None);
-        lease.checkpoint = "49590338271490256608559692538361571095921575989136588898".into();
-        lease.sub = 2;
-        assert_eq!(
-            lease.position(),
-            Some(Position::sequence(lease.checkpoint.clone(), 2))
-        );
+        assert!(!lease.ended());
         lease.checkpoint = SHARD_END.into();
-        assert!(lease.ended() && lease.position().is_none());
+        assert!(lease.ended());
     }
 }
