@@ -86,9 +86,9 @@ impl Decoder {
                     self.max_record_bytes
                 ))
             } else {
-                std::str::from_utf8(raw)
-                    .err()
-                    .map(|e| format!("record is not valid UTF-8: {e}"))
+                // UTF-8 is checked by the decoders (once, over a whole run); a record that is
+                // not fails its run and is named alone below.
+                None
             };
             match problem {
                 Some(reason) => {
@@ -158,7 +158,14 @@ impl Decoder {
                     batch.num_rows()
                 ),
             )),
-            Err(e) if n == 1 => dead.push(dead_letter(chunk, a, reason(&e))),
+            Err(e) if n == 1 => {
+                let raw = chunk.record(a);
+                let reason = match std::str::from_utf8(raw) {
+                    Err(bad) => format!("record is not valid UTF-8: {bad}"),
+                    Ok(_) => reason(&e),
+                };
+                dead.push(dead_letter(chunk, a, reason))
+            }
             _ => {
                 let mid = a + n / 2;
                 self.decode_range(chunk, a, mid, batches, dead);

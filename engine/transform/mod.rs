@@ -622,9 +622,15 @@ fn incremental_session(ctx: &SessionContext) -> SessionState {
     state
 }
 
-/// A session for transforms: SQL spans on (for error positions), no URL tables.
+/// A session for transforms: SQL spans on (for error positions), no URL tables, and half the
+/// cores for a query's partitions: a micro-batch is transformed while the one before is encoded
+/// (on every core) and the next is decoded, so more partitions only add repartitioning (on 2
+/// cores, one partition took 2% fewer instructions off the land-every-event job).
 fn session() -> SessionContext {
-    let mut config = SessionConfig::new().with_information_schema(false);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions((cores / 2).max(1));
     config.options_mut().sql_parser.collect_spans = true;
     SessionContext::new_with_config(config)
 }

@@ -341,7 +341,7 @@ impl Lake {
                         AsyncArrowWriter::try_new(
                             BufWriter::new(self.store(), self.path(relative)),
                             batch.schema(),
-                            Some(super::writer_properties()),
+                            Some(super::file_properties(&batch)),
                         )
                         .map_err(err)?,
                     ),

@@ -14,17 +14,19 @@ pub mod partition;
 pub mod update;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 pub use compact::{Compacted, batch_of};
@@ -361,6 +363,57 @@ pub fn writer_properties() -> WriterProperties {
     writer_properties_builder().build()
 }
 
+/// Parquet settings for a file whose first rows are `sample`: [`writer_properties`], without a
+/// dictionary for the columns whose values hardly repeat there (ids, timestamps). parquet-rs
+/// would intern every such value until the dictionary page passes its 1 MiB limit (in each row
+/// group) and then fall back to plain encoding: CPU spent on a dictionary that is thrown away or,
+/// under the limit, one as large as the values it replaces.
+pub fn file_properties(sample: &RecordBatch) -> WriterProperties {
+    sample
+        .schema()
+        .fields()
+        .iter()
+        .zip(sample.columns())
+        .filter(|(_, column)| values_unique(column))
+        .fold(writer_properties_builder(), |props, (field, _)| {
+            props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false)
+        })
+        .build()
+}
+
+/// Values of a column's first rows looked at to decide on its dictionary.
+const DICTIONARY_SAMPLE: usize = 4096;
+
+/// Whether at least 90% of the non-null values among the first [`DICTIONARY_SAMPLE`] rows of a
+/// flat column (nested ones keep their dictionaries) are distinct, out of at least 64.
+fn values_unique(column: &arrow::array::ArrayRef) -> bool {
+    use arrow::datatypes::DataType;
+    let t = column.data_type();
+    if t.is_nested()
+        || matches!(
+            t,
+            DataType::Boolean | DataType::Null | DataType::Dictionary(..)
+        )
+    {
+        return false;
+    }
+    let head = column.slice(0, column.len().min(DICTIONARY_SAMPLE));
+    let present = head.len() - head.null_count();
+    if present < 64 {
+        return false;
+    }
+    let Ok(converter) = RowConverter::new(vec![SortField::new(t.clone())]) else {
+        return false;
+    };
+    let Ok(rows) = converter.convert_columns(&[head]) else {
+        return false;
+    };
+    let distinct: HashSet<_> = rows.iter().collect();
+    // NULLs share one row value: count them out.
+    let distinct = distinct.len() - usize::from(present < rows.num_rows());
+    distinct * 10 >= present * 9
+}
+
 fn writer_properties_builder() -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
@@ -386,6 +439,56 @@ pub(super) mod tests {
     use crate::transform::TableOutput;
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn columns_whose_values_hardly_repeat_are_written_without_a_dictionary() {
+        use arrow::array::{ArrayRef, StringArray};
+        let n = 5000;
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "id",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("e-{i}")),
+                )),
+            ),
+            ("seq", Arc::new(Int64Array::from_iter_values(0..n as i64))),
+            (
+                "kind",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| ["view", "cart"][i % 2]),
+                )),
+            ),
+            // Unique where present, but only 40 values: too few to tell.
+            (
+                "order_id",
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 125 == 0).then(|| i.to_string())),
+                )),
+            ),
+            // One value in twenty repeats (95% distinct), or every value twice (50%).
+            (
+                "user",
+                Arc::new(Int64Array::from_iter_values(
+                    (0..n as i64).map(|i| if i % 20 == 19 { 0 } else { i }),
+                )),
+            ),
+            (
+                "session",
+                Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i / 2))),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let props = file_properties(&batch);
+        let dictionary = |c: &str| props.dictionary_enabled(&ColumnPath::from(c));
+        assert!(!dictionary("id"));
+        assert!(!dictionary("seq"));
+        assert!(dictionary("kind"));
+        assert!(dictionary("order_id"));
+        assert!(!dictionary("user"));
+        assert!(dictionary("session"));
+        // A file with few rows keeps the defaults.
+        assert!(file_properties(&batch.slice(0, 10)).dictionary_enabled(&ColumnPath::from("id")));
+    }
 
     fn output(schema: &SchemaRef, batches: &[RecordBatch]) -> [TableOutput; 1] {
         [TableOutput {

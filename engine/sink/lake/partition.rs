@@ -38,9 +38,25 @@ pub fn split(
     )?;
     let keys =
         converter.convert_columns(&arrays.iter().map(|a| (*a).clone()).collect::<Vec<_>>())?;
-    let mut groups: HashMap<Row<'_>, Vec<u32>> = HashMap::new();
+    // Rows come in runs of one partition (events in time order): a row like the one before is
+    // added without hashing.
+    let mut index: HashMap<Row<'_>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    let mut last: Option<(Row<'_>, usize)> = None;
     for row in 0..batch.num_rows() {
-        groups.entry(keys.row(row)).or_default().push(row as u32);
+        let key = keys.row(row);
+        let group = match last {
+            Some((before, group)) if before == key => group,
+            _ => {
+                let group = *index.entry(key).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                last = Some((key, group));
+                group
+            }
+        };
+        groups[group].push(row as u32);
     }
     let formatters = arrays
         .iter()
@@ -63,7 +79,7 @@ pub fn split(
     }
     // Different values can name the same folder (a NULL and the string Hive uses for it).
     let mut folders: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for rows in groups.into_values() {
+    for rows in groups {
         let into = folders.entry(folder(rows[0] as usize)).or_default();
         into.extend(rows);
     }
@@ -122,6 +138,34 @@ mod tests {
     use arrow::array::{Date32Array, Int32Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
+
+    #[test]
+    fn a_partition_met_again_after_another_keeps_its_rows_in_order() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("dt", DataType::Date32, false),
+            Field::new("v", DataType::Int32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Date32Array::from(vec![20240, 20241, 20240, 20240, 20241])),
+                Arc::new(Int32Array::from(vec![0, 1, 2, 3, 4])),
+            ],
+        )
+        .unwrap();
+        let parts = split(&batch, &["dt".into()]).unwrap();
+        let values = |key: &str| {
+            let b = &parts[key];
+            b.column(1)
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        };
+        assert_eq!(values("dt=2025-06-01"), [0, 2, 3]);
+        assert_eq!(values("dt=2025-06-02"), [1, 4]);
+    }
 
     #[test]
     fn splits_by_value_with_nulls_and_escapes() {

@@ -14,7 +14,7 @@ use arrow::row::{RowConverter, SortField};
 use object_store::ObjectStoreExt;
 
 use super::encode::ParquetFile;
-use super::{Lake, writer_properties};
+use super::{Lake, file_properties};
 use crate::sink::{DELETED, SinkError, Upsert, WrittenFile};
 
 impl Lake {
@@ -51,7 +51,7 @@ impl Lake {
             self.store(),
             self.path(&relative),
             changes.schema(),
-            writer_properties(),
+            file_properties(&changes),
         )
         .map_err(parquet_err)?;
         file.write_row_group(std::slice::from_ref(&changes))

@@ -13,8 +13,8 @@ use arrow::datatypes::SchemaRef;
 use super::delta::NewFile;
 use super::encode::{ParquetFile, UPLOAD_BUFFER};
 use super::{
-    DEAD_LETTERS, LATE, Lake, REPLAYED, batch_prefix, dead_letters, in_table, late, partition,
-    update, writer_properties,
+    DEAD_LETTERS, LATE, Lake, REPLAYED, batch_prefix, dead_letters, file_properties, in_table,
+    late, partition, update,
 };
 use crate::sink::{BatchOutput, SinkError, WrittenFile};
 
@@ -349,7 +349,7 @@ impl PartFiles {
                 lake.store(),
                 lake.path(&relative),
                 schema.clone(),
-                writer_properties(),
+                file_properties(&rows),
             )
             .map_err(|source| SinkError::Parquet {
                 path: relative.clone(),
