@@ -24,6 +24,10 @@ impl CsvRuns {
 
 impl RunDecoder for CsvRuns {
     fn decode_run(&mut self, bytes: &[u8], n: usize) -> Result<RecordBatch, ArrowError> {
+        // arrow-csv checks the fields' bytes joined together, so a character split by a delimiter
+        // (`a\xE2,\x82\xAC`) would pass: the run is checked whole (delimiters, quotes and line
+        // ends are ASCII, so it is valid exactly when every field is).
+        std::str::from_utf8(bytes).map_err(|e| ArrowError::CsvError(e.to_string()))?;
         let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_header(false)
             .with_delimiter(self.delimiter)

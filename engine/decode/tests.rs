@@ -98,6 +98,23 @@ fn csv_rows_and_dead_letters() {
     assert_eq!(out.records, 4);
 }
 
+#[test]
+fn csv_characters_split_by_a_delimiter_are_not_valid_utf8() {
+    // The fields joined (`a€`) are valid UTF-8; each field alone is not.
+    let lines: Vec<&[u8]> = vec![b"a\xE2,\x82\xAC,1,9.99", b"ok,2025-06-01T10:00:00Z,2,1.00"];
+    let mut d = Decoder::new(&input(InputFormat::Csv));
+    let out = d.decode(&chunk(&lines));
+    let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 1, "{:#?}", out.dead);
+    assert_eq!(out.dead.len(), 1);
+    assert_eq!(out.dead[0].position, Position::Line(1));
+    assert!(
+        out.dead[0].reason.contains("UTF-8"),
+        "{}",
+        out.dead[0].reason
+    );
+}
+
 fn input_with(columns: &[(&str, &str)], format: InputFormat) -> Input {
     Input {
         schema: InputSchema {

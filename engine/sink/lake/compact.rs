@@ -341,7 +341,7 @@ impl Lake {
                         AsyncArrowWriter::try_new(
                             BufWriter::new(self.store(), self.path(relative)),
                             batch.schema(),
-                            Some(super::file_properties(&batch)),
+                            Some(super::file_properties(&batch.schema(), &batch)),
                         )
                         .map_err(err)?,
                     ),

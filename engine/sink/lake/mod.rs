@@ -368,9 +368,9 @@ pub fn writer_properties() -> WriterProperties {
 /// would intern every such value until the dictionary page passes its 1 MiB limit (in each row
 /// group) and then fall back to plain encoding: CPU spent on a dictionary that is thrown away or,
 /// under the limit, one as large as the values it replaces.
-pub fn file_properties(sample: &RecordBatch) -> WriterProperties {
-    sample
-        .schema()
+pub fn file_properties(schema: &SchemaRef, sample: &RecordBatch) -> WriterProperties {
+    // Columns are named by the file's schema: the writer takes a batch's columns by position.
+    schema
         .fields()
         .iter()
         .zip(sample.columns())
@@ -478,7 +478,7 @@ pub(super) mod tests {
             ),
         ];
         let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let props = file_properties(&batch);
+        let props = file_properties(&batch.schema(), &batch);
         let dictionary = |c: &str| props.dictionary_enabled(&ColumnPath::from(c));
         assert!(!dictionary("id"));
         assert!(!dictionary("seq"));
@@ -487,7 +487,10 @@ pub(super) mod tests {
         assert!(!dictionary("user"));
         assert!(dictionary("session"));
         // A file with few rows keeps the defaults.
-        assert!(file_properties(&batch.slice(0, 10)).dictionary_enabled(&ColumnPath::from("id")));
+        assert!(
+            file_properties(&batch.schema(), &batch.slice(0, 10))
+                .dictionary_enabled(&ColumnPath::from("id"))
+        );
     }
 
     fn output(schema: &SchemaRef, batches: &[RecordBatch]) -> [TableOutput; 1] {

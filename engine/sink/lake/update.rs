@@ -51,7 +51,7 @@ impl Lake {
             self.store(),
             self.path(&relative),
             changes.schema(),
-            file_properties(&changes),
+            file_properties(&changes.schema(), &changes),
         )
         .map_err(parquet_err)?;
         file.write_row_group(std::slice::from_ref(&changes))

@@ -349,7 +349,7 @@ impl PartFiles {
                 lake.store(),
                 lake.path(&relative),
                 schema.clone(),
-                file_properties(&rows),
+                file_properties(schema, &rows),
             )
             .map_err(|source| SinkError::Parquet {
                 path: relative.clone(),
