@@ -94,8 +94,8 @@ pub(super) fn read_file(
         let c = RawChunk {
             shard: shard.clone(),
             data: Bytes::from(std::mem::replace(chunk, Vec::with_capacity(capacity))),
-            bounds: std::mem::take(bounds),
-            positions: std::mem::take(positions),
+            bounds: std::mem::replace(bounds, Vec::with_capacity(bounds.len())),
+            positions: std::mem::replace(positions, Vec::with_capacity(positions.len())),
             rejected: std::mem::take(rejected),
             arrived_ms: None,
             input_bytes: read - sent_bytes,
