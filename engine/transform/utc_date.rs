@@ -10,13 +10,14 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, Date32Array};
 use arrow::datatypes::{
-    DataType, Date32Type, Field, FieldRef, Int64Type, TimeUnit, TimestampMicrosecondType,
+    DataType, Date32Type, FieldRef, Int64Type, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use chrono::NaiveDate;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
     Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs,
@@ -42,13 +43,28 @@ impl OptimizerRule for UtcDate {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
+        // Most plans hold no cast to DATE: they are left as they are, names not even computed.
+        let casts_to_date = |e: &Expr| {
+            Ok(
+                matches!(e, Expr::Cast(Cast { field, .. }) if field.data_type() == &DataType::Date32),
+            )
+        };
+        let mut any = false;
+        plan.apply_expressions(|e| {
+            any = e.exists(casts_to_date)?;
+            Ok(if any {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })?;
         // Leaves (scans, values) have no input to type their expressions by: left alone.
-        if plan.inputs().is_empty() {
+        if !any || plan.inputs().is_empty() {
             return Ok(Transformed::no(plan));
         }
         let schema = merge_schema(&plan.inputs());
         let names = NamePreserver::new(&plan);
-        plan.map_expressions(|expr| {
+        let mut rewrite = |expr: Expr| {
             let name = names.save(&expr);
             let rewritten = expr.transform_up(|e| match e {
                 Expr::Cast(Cast { expr, field })
@@ -64,6 +80,15 @@ impl OptimizerRule for UtcDate {
             } else {
                 rewritten
             })
+        };
+        plan.map_expressions(|expr| {
+            // A grouping set (ROLLUP, CUBE, GROUPING SETS) keeps its shape: its members are
+            // rewritten and named, never the set itself (as DataFusion's simplifier does).
+            if let Expr::GroupingSet(_) = &expr {
+                expr.map_children(&mut rewrite)
+            } else {
+                rewrite(expr)
+            }
         })
     }
 }
@@ -106,14 +131,31 @@ impl ScalarUDFImpl for UtcDateFunction {
         }
     }
 
-    /// NULL only where the timestamp is, as the cast it replaces: a NOT NULL `event_time` keeps
-    /// its day NOT NULL in the output's schema.
+    /// The timestamp's field as a date, as the cast it replaces makes it: NULL only where the
+    /// timestamp is (a NOT NULL `event_time` keeps its day NOT NULL), and its metadata kept but
+    /// for an extension type's.
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let [t] = args.arg_fields else {
             return plan_err!("weir_utc_date takes one argument");
         };
         let day = self.return_type(std::slice::from_ref(t.data_type()))?;
-        Ok(Arc::new(Field::new(self.name(), day, t.is_nullable())))
+        // arrow_schema::extension's keys, which a cast drops (a date is not the extension type).
+        let mut metadata = t.metadata().clone();
+        metadata.remove("ARROW:extension:name");
+        metadata.remove("ARROW:extension:metadata");
+        Ok(Arc::new(
+            t.as_ref()
+                .clone()
+                .with_data_type(day)
+                .with_metadata(metadata),
+        ))
+    }
+
+    /// Days follow the timestamps' order (as the cast does).
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        Ok(inputs
+            .first()
+            .map_or(SortProperties::Unordered, |t| t.sort_properties))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -183,7 +225,7 @@ static DATE_RANGE: LazyLock<(i64, i64)> = LazyLock::new(|| {
 mod tests {
     use arrow::array::{Int64Array, RecordBatch};
     use arrow::compute::cast;
-    use arrow::datatypes::Schema;
+    use arrow::datatypes::{Field, Schema};
     use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
@@ -246,6 +288,25 @@ mod tests {
     }
 
     #[test]
+    fn the_first_and_last_days_chrono_takes_are_the_same_as_arrow_casts() {
+        let (first, last) = *DATE_RANGE;
+        let day = 86_400_000i64;
+        let edges = vec![
+            Some(first * day),
+            Some(first * day + 1),
+            Some(last * day),
+            Some(last * day + day - 1),
+        ];
+        let a = timestamps(edges, TimeUnit::Millisecond, Some("UTC"));
+        assert_eq!(&days(&a).unwrap(), &cast(&a, &DataType::Date32).unwrap());
+        for outside in [first * day - 1, (last + 1) * day] {
+            let a = timestamps(vec![Some(outside)], TimeUnit::Millisecond, Some("UTC"));
+            assert!(cast(&a, &DataType::Date32).is_err(), "{outside}");
+            assert!(days(&a).is_err(), "{outside}");
+        }
+    }
+
+    #[test]
     fn a_timestamp_past_chronos_dates_fails_as_arrow_casts_does() {
         let a: ArrayRef = Arc::new(Int64Array::from(vec![i64::MAX]));
         let a = cast(
@@ -281,11 +342,20 @@ mod tests {
         let columns = [
             ("t", samples(unit, Some("UTC"))),
             ("at", timestamps(never_null, unit, Some("UTC"))),
+            ("naive", samples(TimeUnit::Millisecond, None)),
             ("berlin", samples(unit, Some("Europe/Berlin"))),
         ];
+        // `at` is NOT NULL and carries metadata (as a Parquet table's field id): its day keeps both.
         let fields: Vec<_> = columns
             .iter()
-            .map(|(name, a)| Field::new(*name, a.data_type().clone(), *name != "at"))
+            .map(|(name, a)| {
+                let f = Field::new(*name, a.data_type().clone(), *name != "at");
+                if *name == "at" {
+                    f.with_metadata([("PARQUET:field_id".to_string(), "2".to_string())].into())
+                } else {
+                    f
+                }
+            })
             .collect();
         let columns = columns.into_iter().map(|(_, a)| a).collect();
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
@@ -298,9 +368,12 @@ mod tests {
             ctx.register_table("events", table()).unwrap();
         }
         for sql in [
-            "SELECT CAST(t AS DATE), CAST(t AS DATE) AS dt, CAST(at AS DATE) AS day, CAST(berlin AS DATE) AS b FROM events ORDER BY 1, 2, 3, 4",
-            "SELECT CAST(t AS DATE) AS dt, count(*) AS n FROM events GROUP BY CAST(t AS DATE) ORDER BY 1",
+            "SELECT CAST(t AS DATE), CAST(t AS DATE) AS dt, CAST(at AS DATE) AS day, CAST(naive AS DATE) AS d, CAST(berlin AS DATE) AS b FROM events ORDER BY 1, 2, 3, 4, 5",
+            "SELECT CAST(t AS DATE) AS dt, count(*) AS n FROM events GROUP BY CAST(t AS DATE) HAVING count(*) > 1 OR CAST(t AS DATE) IS NULL ORDER BY 1",
             "SELECT CAST(date_trunc('minute', t) AS DATE) + 1 AS next, t FROM events WHERE CAST(t AS DATE) > DATE '1970-01-01' ORDER BY 2",
+            "SELECT CAST(t AS DATE) AS dt, CAST(berlin AS DATE) AS b, count(*) AS n FROM events GROUP BY ROLLUP(CAST(t AS DATE), CAST(berlin AS DATE)) ORDER BY 1, 2, 3",
+            "SELECT count(DISTINCT CAST(t AS DATE)) AS days, max(CAST(at AS DATE)) AS last FROM events",
+            "SELECT a.t, rank() OVER (PARTITION BY CAST(a.t AS DATE) ORDER BY a.t) AS r FROM events a JOIN events b ON CAST(a.t AS DATE) = CAST(b.at AS DATE) AND a.t = b.t ORDER BY 1, 2",
         ] {
             let (plain_plan, plain_schema, plain_rows) = run(&plain, sql).await;
             let (ruled_plan, ruled_schema, ruled_rows) = run(&ruled, sql).await;
@@ -311,10 +384,7 @@ mod tests {
                 "{sql}"
             );
             assert!(!plain_plan.contains("weir_utc_date"), "{plain_plan}");
-            assert!(
-                ruled_plan.contains("weir_utc_date(events.t"),
-                "{sql}\n{ruled_plan}"
-            );
+            assert!(ruled_plan.contains("weir_utc_date("), "{sql}\n{ruled_plan}");
             assert!(
                 !ruled_plan.contains("weir_utc_date(events.berlin"),
                 "{ruled_plan}"
