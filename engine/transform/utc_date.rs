@@ -1,5 +1,5 @@
 //! `CAST(t AS DATE)` of a UTC timestamp, as a division. arrow-cast turns each value into a chrono
-//! date-time in the column's zone and back into days (about 370 instructions a value): 5% of the
+//! date-time in the column's zone and back into days (about 500 instructions a value): 5% of the
 //! land-every-event job's instructions went to its `CAST(event_time AS DATE) AS dt`, the day every
 //! job partitions by. In UTC (and without a zone) the day is the timestamp divided by a day's
 //! units, rounded down. [`UtcDate`] is a DataFusion optimizer rule that puts the function
@@ -25,7 +25,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
-/// Replaces `CAST(t AS DATE)` of a UTC or zone-less timestamp by [`utc_date`]`(t)`.
+/// Replaces `CAST(t AS DATE)` of a UTC or zone-less timestamp by `weir_utc_date(t)`.
 #[derive(Debug, Default)]
 pub struct UtcDate;
 
@@ -178,25 +178,28 @@ fn days(a: &ArrayRef) -> Result<ArrayRef> {
     let DataType::Timestamp(unit, _) = a.data_type() else {
         return exec_err!("weir_utc_date takes a timestamp, not {}", a.data_type());
     };
-    let per_day: i64 = match unit {
-        TimeUnit::Second => 86_400,
-        TimeUnit::Millisecond => 86_400_000,
-        TimeUnit::Microsecond => 86_400_000_000,
-        TimeUnit::Nanosecond => 86_400_000_000_000,
-    };
-    let values = match unit {
-        TimeUnit::Second => a
-            .as_primitive::<TimestampSecondType>()
-            .reinterpret_cast::<Int64Type>(),
-        TimeUnit::Millisecond => a
-            .as_primitive::<TimestampMillisecondType>()
-            .reinterpret_cast::<Int64Type>(),
-        TimeUnit::Microsecond => a
-            .as_primitive::<TimestampMicrosecondType>()
-            .reinterpret_cast::<Int64Type>(),
-        TimeUnit::Nanosecond => a
-            .as_primitive::<TimestampNanosecondType>()
-            .reinterpret_cast::<Int64Type>(),
+    // A day in the unit, and the values as the i64 they are.
+    let (per_day, values) = match unit {
+        TimeUnit::Second => (
+            86_400i64,
+            a.as_primitive::<TimestampSecondType>()
+                .reinterpret_cast::<Int64Type>(),
+        ),
+        TimeUnit::Millisecond => (
+            86_400_000,
+            a.as_primitive::<TimestampMillisecondType>()
+                .reinterpret_cast::<Int64Type>(),
+        ),
+        TimeUnit::Microsecond => (
+            86_400_000_000,
+            a.as_primitive::<TimestampMicrosecondType>()
+                .reinterpret_cast::<Int64Type>(),
+        ),
+        TimeUnit::Nanosecond => (
+            86_400_000_000_000,
+            a.as_primitive::<TimestampNanosecondType>()
+                .reinterpret_cast::<Int64Type>(),
+        ),
     };
     let (first, last) = *DATE_RANGE;
     let out: Date32Array = values.try_unary::<_, Date32Type, _>(|v: i64| {
