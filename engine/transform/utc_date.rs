@@ -9,10 +9,7 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, Date32Array};
-use arrow::datatypes::{
-    DataType, Date32Type, FieldRef, Int64Type, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
-};
+use arrow::datatypes::{DataType, Date32Type, FieldRef, Int64Type, TimeUnit};
 use chrono::NaiveDate;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
@@ -178,29 +175,15 @@ fn days(a: &ArrayRef) -> Result<ArrayRef> {
     let DataType::Timestamp(unit, _) = a.data_type() else {
         return exec_err!("weir_utc_date takes a timestamp, not {}", a.data_type());
     };
-    // A day in the unit, and the values as the i64 they are.
-    let (per_day, values) = match unit {
-        TimeUnit::Second => (
-            86_400i64,
-            a.as_primitive::<TimestampSecondType>()
-                .reinterpret_cast::<Int64Type>(),
-        ),
-        TimeUnit::Millisecond => (
-            86_400_000,
-            a.as_primitive::<TimestampMillisecondType>()
-                .reinterpret_cast::<Int64Type>(),
-        ),
-        TimeUnit::Microsecond => (
-            86_400_000_000,
-            a.as_primitive::<TimestampMicrosecondType>()
-                .reinterpret_cast::<Int64Type>(),
-        ),
-        TimeUnit::Nanosecond => (
-            86_400_000_000_000,
-            a.as_primitive::<TimestampNanosecondType>()
-                .reinterpret_cast::<Int64Type>(),
-        ),
+    let per_day: i64 = match unit {
+        TimeUnit::Second => 86_400,
+        TimeUnit::Millisecond => 86_400_000,
+        TimeUnit::Microsecond => 86_400_000_000,
+        TimeUnit::Nanosecond => 86_400_000_000_000,
     };
+    // The values as the i64 they are (arrow's cast from a timestamp to Int64 reinterprets, no copy).
+    let values = arrow::compute::cast(a, &DataType::Int64)?;
+    let values = values.as_primitive::<Int64Type>();
     let (first, last) = *DATE_RANGE;
     let out: Date32Array = values.try_unary::<_, Date32Type, _>(|v: i64| {
         let day = v.div_euclid(per_day);
