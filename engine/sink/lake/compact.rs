@@ -20,9 +20,10 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 
 use super::delta::{LiveFile, NewFile};
-use super::encode::external;
+use super::encode::{external, upload};
 use super::{Lake, in_table};
 use crate::sink::SinkError;
 
@@ -32,6 +33,11 @@ const MIN_FILES: usize = 4;
 /// as they are; a merge holding a file of shorter ones decodes and encodes its inputs again (small
 /// files of a quiet stream).
 const SPLICE_MIN_ROWS: i64 = 16_384;
+/// Merges in progress at once, over all tables and partitions: each holds a row group (spliced) or
+/// a file (encoded again) and its upload's buffers, so memory stays bounded however many
+/// partitions a compaction round finds (one merge per core; the upload waits overlap the other's
+/// encoding).
+const MERGES: usize = 2;
 /// Vacuum (which lists a table's folder) at most this often.
 const VACUUM_EVERY: Duration = Duration::from_secs(3600);
 
@@ -47,7 +53,8 @@ pub struct Compacted {
 impl Lake {
     /// Merges small files of batches up to `loaded` in every partition of `tables`; vacuums the
     /// tables when the last vacuum is older than an hour (`last_vacuum`). Tables are compacted
-    /// concurrently, and each table's partitions too, with one Delta commit per table.
+    /// concurrently, and each table's partitions too (`MERGES` merges at a time in all), with one
+    /// Delta commit per table.
     pub async fn compact(
         &self,
         job: &str,
@@ -55,8 +62,11 @@ impl Lake {
         tables: &[String],
         last_vacuum: &mut Option<Instant>,
     ) -> Result<Compacted, SinkError> {
+        let merges = Semaphore::new(MERGES);
         let rounds = futures::future::try_join_all(
-            tables.iter().map(|t| self.compact_table(job, loaded, t)),
+            tables
+                .iter()
+                .map(|t| self.compact_table(job, loaded, t, &merges)),
         )
         .await?;
         let mut done = Compacted::default();
@@ -78,6 +88,7 @@ impl Lake {
         job: &str,
         loaded: u64,
         table: &str,
+        merges: &Semaphore,
     ) -> Result<Compacted, SinkError> {
         let target = self.spec(table).target_file_size;
         let mut by_folder: BTreeMap<(String, bool), Vec<(u64, LiveFile)>> = BTreeMap::new();
@@ -114,11 +125,13 @@ impl Lake {
                 groups.push((dir, small));
             }
         }
-        let merged = futures::future::try_join_all(
-            groups
-                .iter()
-                .map(|(dir, small)| self.merge(job, table, dir, small)),
-        )
+        let merged = futures::future::try_join_all(groups.iter().map(|(dir, small)| async move {
+            let _permit = merges
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            self.merge(job, table, dir, small).await
+        }))
         .await?;
         let mut done = Compacted::default();
         let (mut removed, mut added) = (Vec::new(), Vec::new());
@@ -256,7 +269,7 @@ impl Lake {
             Arc::new(props),
         )
         .map_err(err)?;
-        let mut out = BufWriter::new(self.store(), self.path(relative));
+        let mut out = upload(self.store(), self.path(relative));
         let mut rows = 0u64;
         for ((_, f), footer) in inputs.iter().zip(footers) {
             let input = format!("{table}/{}", f.path);
@@ -339,7 +352,7 @@ impl Lake {
                     Some(w) => w,
                     None => writer.insert(
                         AsyncArrowWriter::try_new(
-                            BufWriter::new(self.store(), self.path(relative)),
+                            upload(self.store(), self.path(relative)),
                             batch.schema(),
                             Some(super::file_properties(&batch.schema(), &batch)),
                         )

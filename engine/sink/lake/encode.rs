@@ -27,6 +27,13 @@ pub const UPLOAD_BUFFER: usize = 10 << 20;
 /// default of 8 held up to 80 MiB per open file while encoding outran the writes).
 const UPLOAD_PARTS: usize = 2;
 
+/// The upload of one new file, holding what it has not sent yet in parts of `UPLOAD_BUFFER`, at
+/// most `UPLOAD_PARTS` of them on their way at once (every file the lake writes: batch files and
+/// compaction's merged files).
+pub fn upload(store: Arc<dyn ObjectStore>, path: Path) -> BufWriter {
+    BufWriter::with_capacity(store, path, UPLOAD_BUFFER).with_max_concurrency(UPLOAD_PARTS)
+}
+
 /// A Parquet file being written: row groups go out as they are encoded.
 pub struct ParquetFile {
     writer: SerializedFileWriter<Vec<u8>>,
@@ -50,8 +57,7 @@ impl ParquetFile {
             writer,
             factory,
             schema,
-            out: BufWriter::with_capacity(store, path, UPLOAD_BUFFER)
-                .with_max_concurrency(UPLOAD_PARTS),
+            out: upload(store, path),
             row_groups: 0,
             rows: 0,
         })
