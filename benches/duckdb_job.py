@@ -1,6 +1,6 @@
 """A Weir job done by DuckDB, for the side-by-side benchmark: read the same JSON lines with the
 same schema, run the same transforms (every .sql file of the folder), write Parquet (zstd),
-partitioned by dt when the output has it. A transform another one reads is materialised first (when one reads another);
+partitioned as the job's output is (`partition_by`; by dt when it has that column and says nothing). A transform another one reads is materialised first (when one reads another);
 the others stream straight into COPY. The job's [models] are DuckDB functions that score whole
 Arrow vectors with onnxruntime (float32 inputs, like Weir's).
     duckdb_job.py ROOT SQL_FOLDER      (events in ROOT/data/events, output in ROOT/duck)"""
@@ -62,8 +62,9 @@ for name in sorted(read):
 for name in names:
     src = name if name in read else f"({texts[name]})"
     columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src} AS t").fetchall()]
-    if "dt" in columns:
-        con.execute(f"COPY {src} TO '{out}/{name}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt), OVERWRITE_OR_IGNORE)")
+    parts = job.get("outputs", {}).get(name, {}).get("partition_by", ["dt"] if "dt" in columns else [])
+    if parts:
+        con.execute(f"COPY {src} TO '{out}/{name}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY ({', '.join(parts)}), OVERWRITE_OR_IGNORE)")
     else:
         con.execute(f"COPY {src} TO '{out}/{name}.parquet' (FORMAT parquet, COMPRESSION zstd)")
 print(f"events={n} inside={time.time() - start:.2f}s")

@@ -7,7 +7,9 @@
 #                                    stock, an update output), "perbatch" (the same SQL, every
 #                                    output emit = "batch"), or "land", the job people run first:
 #                                    every event landed (benches/land), next to a
-#                                    per-product-per-minute aggregate; "nomodels": the sample job
+#                                    per-product-per-minute aggregate; "landparts": the land job
+#                                    with every event partitioned by day and event type (more files
+#                                    open at once); "nomodels": the sample job
 #                                    with every model call replaced by NULL (what scoring costs);
 #                                    "both" (default): land sample
 #   WEIR_BENCH_RUNS=5                alternating runs of each per size
@@ -35,8 +37,9 @@ project() { # project JOB N: a folder with N generated events and the job's file
   fi
   rm -rf "$dir"; mkdir -p "$dir/jobs" "$dir/sql"
   ln -s "$(realpath "$work/data-$n")" "$dir/data"
-  if [ "$job" = land ]; then
+  if [ "$job" = land ] || [ "$job" = landparts ]; then
     cp benches/land/land.toml "$dir/jobs/job.toml"
+    [ "$job" = landparts ] && sed -i '/^\[outputs.all_events\]/,/^partition_by/ s/^partition_by = .*/partition_by = ["dt", "event_type"]/' "$dir/jobs/job.toml"
     mkdir -p "$dir/sql/land"; cp benches/land/*.sql "$dir/sql/land/"
     echo "$dir/sql/land"
   else
