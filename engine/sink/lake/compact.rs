@@ -35,8 +35,8 @@ const MIN_FILES: usize = 4;
 const SPLICE_MIN_ROWS: i64 = 16_384;
 /// Merges in progress at once, over all tables and partitions: each holds a row group (spliced) or
 /// a file (encoded again) and its upload's buffers, so memory stays bounded however many
-/// partitions a compaction round finds (one merge per core; the upload waits overlap the other's
-/// encoding).
+/// partitions a compaction round finds (two: one merge reads or encodes while the other waits on
+/// its upload).
 const MERGES: usize = 2;
 /// Vacuum (which lists a table's folder) at most this often.
 const VACUUM_EVERY: Duration = Duration::from_secs(3600);
