@@ -1585,6 +1585,7 @@ async fn decode_loop(
                 let mut decoder = kept.unwrap_or_else(|| Decoder::new(&input));
                 let decoded = decoder.decode(&chunk);
                 pool.lock().expect("decoder pool").push(decoder);
+                chunk.recycle();
                 decoded
             })
         })

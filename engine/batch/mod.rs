@@ -61,6 +61,7 @@ impl Batch {
         let mut batch = Self::default();
         while let Some(chunk) = chunks.recv().await {
             batch.push(decoder.decode(&chunk));
+            chunk.recycle();
         }
         batch
     }

@@ -91,8 +91,13 @@ impl ParquetFile {
         self.row_groups += 1;
         self.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         self.writer.flush()?;
-        let bytes = std::mem::take(self.writer.inner_mut());
-        self.out.write_all(&bytes).await.map_err(external)
+        // The encoded row group's buffer is kept for the next one: a new one grew by doubling to
+        // the row group's size, leaving freed buffers of every size behind.
+        let mut bytes = std::mem::take(self.writer.inner_mut());
+        self.out.write_all(&bytes).await.map_err(external)?;
+        bytes.clear();
+        *self.writer.inner_mut() = bytes;
+        Ok(())
     }
 
     /// Writes the footer and completes the upload; returns the file's size.

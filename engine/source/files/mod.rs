@@ -15,7 +15,9 @@ use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 use tokio::sync::mpsc;
 
-use super::{BatchRange, Checkpoint, ChunkLimits, Position, RawChunk, Source, SourceError};
+use super::{
+    BatchRange, Buffers, Checkpoint, ChunkLimits, Position, RawChunk, Source, SourceError,
+};
 use crate::storage;
 
 /// Where one input file lives.
@@ -79,9 +81,10 @@ impl FileSource {
     ) -> Result<(), SourceError> {
         let limits = self.limits;
         let framing = self.framing;
+        let buffers = Buffers::new(reader::chunk_capacity(limits, framing));
         tokio::task::spawn_blocking(move || {
             for (file, after, until) in plan {
-                let more = reader::read_file(&file, after, until, limits, framing, &tx)?;
+                let more = reader::read_file(&file, after, until, limits, framing, &buffers, &tx)?;
                 if !more {
                     break;
                 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::split::{Framing, Records};
 use super::{InputFile, Location};
-use crate::source::{ChunkLimits, Position, RawChunk, SourceError};
+use crate::source::{Buffers, ChunkLimits, Position, RawChunk, SourceError};
 
 /// Counts the bytes read from the underlying (possibly compressed) file.
 struct Counting<R> {
@@ -58,14 +58,20 @@ fn open(file: &InputFile, count: Arc<AtomicU64>) -> std::io::Result<Box<dyn BufR
     })
 }
 
-/// Sends the records starting on lines `after+1 ..= until` of `file` in chunks. Returns false
-/// when the receiver is gone (the run is stopping).
+/// What a chunk buffer holds at most: a chunk's bytes, and the record that goes over them.
+pub(super) fn chunk_capacity(limits: ChunkLimits, framing: Framing) -> usize {
+    limits.bytes + framing.max_record_bytes.min(limits.bytes) + 4096
+}
+
+/// Sends the records starting on lines `after+1 ..= until` of `file` in chunks, in buffers of
+/// `buffers`. Returns false when the receiver is gone (the run is stopping).
 pub(super) fn read_file(
     file: &InputFile,
     after: u64,
     until: Option<u64>,
     limits: ChunkLimits,
     framing: Framing,
+    buffers: &Arc<Buffers>,
     tx: &mpsc::Sender<RawChunk>,
 ) -> Result<bool, SourceError> {
     let io_err = |source| SourceError::Io {
@@ -75,9 +81,8 @@ pub(super) fn read_file(
     let count = Arc::new(AtomicU64::new(0));
     let mut records = Records::new(open(file, count.clone()).map_err(io_err)?, framing);
     let shard: Arc<str> = file.key.as_str().into();
-    let capacity = limits.bytes + framing.max_record_bytes.min(limits.bytes) + 4096;
     let mut sent_bytes = 0u64;
-    let mut chunk = Vec::with_capacity(capacity);
+    let mut chunk = buffers.take();
     let mut bounds = Vec::new();
     let mut positions = Vec::new();
     let mut rejected = Vec::new();
@@ -93,12 +98,13 @@ pub(super) fn read_file(
         let read = count.load(Ordering::Relaxed);
         let c = RawChunk {
             shard: shard.clone(),
-            data: Bytes::from(std::mem::replace(chunk, Vec::with_capacity(capacity))),
+            data: Bytes::from(std::mem::replace(chunk, buffers.take())),
             bounds: std::mem::replace(bounds, Vec::with_capacity(bounds.len())),
             positions: std::mem::replace(positions, Vec::with_capacity(positions.len())),
             rejected: std::mem::take(rejected),
             arrived_ms: None,
             input_bytes: read - sent_bytes,
+            recycle: Some(buffers.clone()),
         };
         sent_bytes = read;
         tx.blocking_send(c).is_ok()
