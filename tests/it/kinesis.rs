@@ -686,7 +686,7 @@ fn latest_is_pinned_when_an_iterator_expires_before_the_first_record_and_list_sh
     let mut expired = 0;
     let mut list_faults = 0;
     while expired < 2 {
-        let line = next_fault(&faults, &mut child);
+        let line = next_fault(&faults, &mut child, &p);
         expired += line.contains("ExpiredIterator") as u32;
         list_faults += line.contains("InternalFailure") as u32;
     }
@@ -819,7 +819,7 @@ fn sigterm_during_start_up_or_the_replay_of_a_batch_stops_cleanly() {
     let (mut proxy, port, lines) = fault_proxy(&["expire", &release.display().to_string()]);
     let faults = fault_lines(lines);
     let mut child = through_proxy(&p, port);
-    while !next_fault(&faults, &mut child).contains("ExpiredIterator") {}
+    while !next_fault(&faults, &mut child, &p).contains("ExpiredIterator") {}
     let out = stop_output(child);
     proxy.kill().unwrap();
     proxy.wait().unwrap();
@@ -843,15 +843,24 @@ fn fault_lines(
     rx
 }
 
-/// The proxy's next fault line; after 3 minutes without one, `child` is killed and the test
-/// fails (instead of waiting forever).
-fn next_fault(faults: &std::sync::mpsc::Receiver<String>, child: &mut Child) -> String {
+/// The proxy's next fault line; after 3 minutes without one, `child` (started by
+/// `through_proxy` in `p`) is killed and the test fails with the end of its log (instead of
+/// waiting forever).
+fn next_fault(
+    faults: &std::sync::mpsc::Receiver<String>,
+    child: &mut Child,
+    p: &Project,
+) -> String {
     match faults.recv_timeout(Duration::from_secs(180)) {
         Ok(line) => line,
         Err(e) => {
             let _ = child.kill();
+            let log = std::fs::read_to_string(p.root().join(PROXIED_LOG)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
             panic!(
-                "no fault injected by the proxy within 3 minutes ({e}): weir stopped calling Kinesis"
+                "no fault injected by the proxy within 3 minutes ({e}): weir stopped calling \
+                 Kinesis; the end of its log:\n{tail}"
             );
         }
     }
@@ -866,11 +875,15 @@ fn through_proxy(p: &Project, port: u16) -> Child {
             format!("http://127.0.0.1:{port}"),
         )
         .stdout(Stdio::piped())
-        // Not piped: its retry warnings would fill a pipe nobody reads.
-        .stderr(Stdio::null())
+        // Into a file, not a pipe: its retry warnings would fill a pipe nobody reads. A test
+        // that fails shows its end (see `next_fault`).
+        .stderr(std::fs::File::create(p.root().join(PROXIED_LOG)).unwrap())
         .spawn()
         .unwrap()
 }
+
+/// Where `through_proxy` puts `weir run`'s log, in the project.
+const PROXIED_LOG: &str = "weir-stderr.log";
 
 /// SIGTERM, then the output whatever the exit status.
 fn stop_output(child: Child) -> std::process::Output {
