@@ -81,6 +81,7 @@ fn chunks(dir: &std::path::Path) -> Vec<RawChunk> {
                     rejected: vec![],
                     arrived_ms: None,
                     input_bytes: 0,
+                    recycle: None,
                 });
                 base = start;
             }
@@ -95,6 +96,7 @@ fn chunks(dir: &std::path::Path) -> Vec<RawChunk> {
             rejected: vec![],
             arrived_ms: None,
             input_bytes: 0,
+            recycle: None,
         });
     }
     out
