@@ -81,7 +81,7 @@ fn chunks(dir: &std::path::Path) -> Vec<RawChunk> {
                     rejected: vec![],
                     arrived_ms: None,
                     input_bytes: 0,
-                    recycle: None,
+                    buffers: None,
                 });
                 base = start;
             }
@@ -96,7 +96,7 @@ fn chunks(dir: &std::path::Path) -> Vec<RawChunk> {
             rejected: vec![],
             arrived_ms: None,
             input_bytes: 0,
-            recycle: None,
+            buffers: None,
         });
     }
     out

@@ -40,7 +40,7 @@ fn chunk(lines: &[&[u8]]) -> RawChunk {
         rejected: vec![],
         arrived_ms: None,
         input_bytes: 0,
-        recycle: None,
+        buffers: None,
     }
 }
 

@@ -295,7 +295,7 @@ pub fn chunks(letters: &[(DeadLetterKey, Bytes)]) -> Vec<RawChunk> {
                     .collect(),
                 rejected: Vec::new(),
                 arrived_ms: None,
-                recycle: None,
+                buffers: None,
             });
         }
     }

@@ -109,8 +109,8 @@ pub struct RawChunk {
     pub arrived_ms: Option<i64>,
     /// Input bytes consumed to produce this chunk (compressed size for `.gz` files).
     pub input_bytes: u64,
-    /// Where `data`'s buffer goes once the chunk is decoded, for the source to fill again.
-    pub recycle: Option<Arc<Buffers>>,
+    /// The source's chunk buffers, which `data`'s buffer goes back to once the chunk is decoded.
+    pub buffers: Option<Arc<Buffers>>,
 }
 
 impl RawChunk {
@@ -135,7 +135,7 @@ impl RawChunk {
     /// Hands the chunk's buffer back to its source, once nothing else holds it (a dead letter's
     /// raw record does).
     pub fn recycle(self) {
-        if let Some(buffers) = self.recycle {
+        if let Some(buffers) = self.buffers {
             buffers.give(self.data);
         }
     }
@@ -270,7 +270,7 @@ mod tests {
             rejected: vec![],
             arrived_ms: None,
             input_bytes: 8,
-            recycle: Some(buffers.clone()),
+            buffers: Some(buffers.clone()),
         }
     }
 

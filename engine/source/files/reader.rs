@@ -104,7 +104,7 @@ pub(super) fn read_file(
             rejected: std::mem::take(rejected),
             arrived_ms: None,
             input_bytes: read - sent_bytes,
-            recycle: Some(buffers.clone()),
+            buffers: Some(buffers.clone()),
         };
         sent_bytes = read;
         tx.blocking_send(c).is_ok()

@@ -360,7 +360,7 @@ impl ChunkBuilder {
             rejected: std::mem::take(&mut self.rejected),
             arrived_ms: self.arrived_ms.take(),
             input_bytes,
-            recycle: None,
+            buffers: None,
         }
     }
 }
