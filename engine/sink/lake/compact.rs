@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use super::delta::{LiveFile, NewFile};
-use super::encode::{external, upload};
+use super::encode::{external, send, upload};
 use super::{Lake, in_table};
 use crate::sink::SinkError;
 
@@ -302,9 +302,9 @@ impl Lake {
                 }
                 group.close().map_err(err)?;
                 rows += rg.num_rows() as u64;
-                writer.flush().map_err(|e| err(e.into()))?;
-                let done = std::mem::take(writer.inner_mut());
-                out.write_all(&done).await.map_err(|e| err(external(e)))?;
+                send(&mut writer, &mut out)
+                    .await
+                    .map_err(|e| err(external(e)))?;
             }
         }
         let tail = writer.into_inner().map_err(err)?;

@@ -90,14 +90,9 @@ impl ParquetFile {
         group.close()?;
         self.row_groups += 1;
         self.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-        self.writer.flush()?;
-        // The encoded row group's buffer is kept for the next one: a new one grew by doubling to
-        // the row group's size, leaving freed buffers of every size behind.
-        let mut bytes = std::mem::take(self.writer.inner_mut());
-        self.out.write_all(&bytes).await.map_err(external)?;
-        bytes.clear();
-        *self.writer.inner_mut() = bytes;
-        Ok(())
+        send(&mut self.writer, &mut self.out)
+            .await
+            .map_err(external)
     }
 
     /// Writes the footer and completes the upload; returns the file's size.
@@ -109,6 +104,21 @@ impl ParquetFile {
         self.out.shutdown().await.map_err(external)?;
         Ok(size)
     }
+}
+
+/// Hands what `writer` has written since the last call (whole row groups) to the upload `out`.
+/// The writer keeps its buffer for the next row group: a new one grew by doubling to the row
+/// group's size, leaving freed buffers of every size behind.
+pub(super) async fn send(
+    writer: &mut SerializedFileWriter<Vec<u8>>,
+    out: &mut BufWriter,
+) -> std::io::Result<()> {
+    writer.flush()?;
+    let mut bytes = std::mem::take(writer.inner_mut());
+    out.write_all(&bytes).await?;
+    bytes.clear();
+    *writer.inner_mut() = bytes;
+    Ok(())
 }
 
 /// An I/O error of the upload, as the Parquet writer's error.
