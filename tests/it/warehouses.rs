@@ -253,11 +253,8 @@ fn assert_warehouses_match_lake(p: &Project, w: &Warehouses) {
 
 /// The (table, batch) pairs the commit log says have files.
 fn committed_pairs(p: &Project) -> BTreeSet<(String, u64)> {
-    let dir = p.lake().join("_weir/ecommerce/commits");
     let mut out = BTreeSet::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+    for v in state_entries(&p.lake().join("_weir/ecommerce/commits")) {
         for f in v["files"].as_array().unwrap() {
             let table = f["table"].as_str().unwrap();
             if !table.starts_with('_') {
@@ -286,12 +283,9 @@ fn assert_ledger_exact(p: &Project, w: &Warehouses) {
 /// Each committed file was loaded by exactly the load job its (job, table, batch, file) names,
 /// done without error on the first attempt.
 fn assert_bigquery_jobs(p: &Project, w: &Warehouses) {
-    let dir = p.lake().join("_weir/ecommerce/commits");
     let lake = lake_id(&p.lake());
     let mut checked = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+    for v in state_entries(&p.lake().join("_weir/ecommerce/commits")) {
         let batch = v["batch"].as_u64().unwrap();
         let mut index: std::collections::BTreeMap<String, usize> = Default::default();
         for f in v["files"].as_array().unwrap() {
@@ -509,9 +503,7 @@ fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
     assert_warehouses_match_lake(&p, &w);
 
     // A changed type stops the run before any file is written, naming the column.
-    let commits_before = std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
-        .unwrap()
-        .count();
+    let commits_before = state_entries(&p.lake().join("_weir/ecommerce/commits")).len();
     p.write(
         "sql/ecommerce/sales.sql",
         &with_channel.replace(
@@ -524,16 +516,12 @@ fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
     let err = stderr(&out);
     assert!(err.contains("quantity"), "{err}");
     assert!(err.contains("CAST it back"), "{err}");
-    let commits_after = std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
-        .unwrap()
-        .count();
+    let commits_after = state_entries(&p.lake().join("_weir/ecommerce/commits")).len();
     assert_eq!(
         commits_before, commits_after,
         "a batch was written after a schema conflict"
     );
-    let plans = std::fs::read_dir(p.lake().join("_weir/ecommerce/plans"))
-        .unwrap()
-        .count();
+    let plans = state_entries(&p.lake().join("_weir/ecommerce/plans")).len();
     assert_eq!(
         plans, commits_after,
         "a batch was planned after a schema conflict"
