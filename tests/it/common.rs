@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub use weir::sink::lake::layout::{Layout, STATE};
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -89,6 +91,11 @@ impl Project {
 
     pub fn lake(&self) -> PathBuf {
         self.root().join("lake")
+    }
+
+    /// The job's state folder in the lake (`plans`, `commits`, `loads`, ... are under it).
+    pub fn state(&self) -> PathBuf {
+        job_state(&self.lake(), "ecommerce")
     }
 
     pub fn write(&self, rel: &str, text: &str) {
@@ -213,6 +220,16 @@ pub fn raw_events(root: &Path) -> String {
         "read_json('{}/data/events/*.jsonl*', format = 'newline_delimited', columns = {{event_id: 'VARCHAR', event_time: 'TIMESTAMPTZ', event_type: 'VARCHAR', session_id: 'VARCHAR', user_id: 'BIGINT', product_id: 'INTEGER', quantity: 'INTEGER', price: 'DECIMAL(10,2)', order_id: 'VARCHAR'}})",
         root.display()
     )
+}
+
+/// `job`'s state folder in the lake folder `lake`, where the engine's lake layout puts it.
+pub fn job_state(lake: &Path, job: &str) -> PathBuf {
+    lake.join(Layout::new(job).state())
+}
+
+/// The lake's identity record, `_weir/lake.json`.
+pub fn lake_json(lake: &Path) -> PathBuf {
+    lake.join(Layout::lake_id())
 }
 
 /// The JSON entries of one of a job's state folders (`commits`, `plans`, ...), read while a run

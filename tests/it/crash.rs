@@ -43,7 +43,7 @@ fn assert_exactly_once(p: &Project) {
 
 /// Number of files in the job's `plans` or `commits` folder.
 fn count(p: &Project, what: &str) -> usize {
-    state_entries(&p.lake().join("_weir/ecommerce").join(what)).len()
+    state_entries(&p.state().join(what)).len()
 }
 
 fn spawn(p: &Project) -> std::process::Child {
@@ -117,7 +117,7 @@ fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     let mut child = spawn(&p);
     let started = Instant::now();
     // Wait until at least one batch committed, then ask it to stop.
-    let commits = p.lake().join("_weir/ecommerce/commits");
+    let commits = p.state().join("commits");
     while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -132,9 +132,7 @@ fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
-    let plans = std::fs::read_dir(p.lake().join("_weir/ecommerce/plans"))
-        .unwrap()
-        .count();
+    let plans = std::fs::read_dir(p.state().join("plans")).unwrap().count();
     let done = std::fs::read_dir(&commits).unwrap().count();
     assert_eq!(
         plans, done,

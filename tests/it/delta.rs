@@ -50,7 +50,7 @@ fn assert_exact(p: &Project) {
 /// Per committed batch (from the commit log), the rows it added to `table`.
 fn rows_per_batch(p: &Project, table: &str) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
-    for v in state_entries(&p.lake().join("_weir/ecommerce/commits")) {
+    for v in state_entries(&p.state().join("commits")) {
         out.insert(
             v["batch"].as_u64().unwrap(),
             v["rows"][table].as_u64().unwrap_or(0),
@@ -139,7 +139,7 @@ fn a_second_run_on_the_same_job_and_lake_is_refused_and_nothing_is_lost() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let commits = p.lake().join("_weir/ecommerce/commits");
+    let commits = p.state().join("commits");
     let started = Instant::now();
     while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) == 0 {
         assert!(started.elapsed() < Duration::from_secs(60), "no commit");
@@ -216,8 +216,8 @@ fn migrate_turns_a_parquet_lake_into_delta_tables_in_place() {
         }
     }
     assert!(tables >= 4);
-    std::fs::remove_file(lake.join("_weir/lake.json")).unwrap();
-    std::fs::remove_file(lake.join("_weir/ecommerce/latest.json")).unwrap();
+    std::fs::remove_file(lake_json(&lake)).unwrap();
+    std::fs::remove_file(job_state(&lake, "ecommerce").join("latest.json")).unwrap();
     // Such a lake is not silently written as a new one: the error names the command.
     let refused = stderr(&run(&mut p.run_cmd(), false));
     assert!(refused.contains("weir migrate"), "{refused}");
@@ -231,7 +231,7 @@ fn migrate_turns_a_parquet_lake_into_delta_tables_in_place() {
     );
     // It keeps the identity its warehouse ledgers know (none): nothing is loaded twice.
     let id: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lake.join("_weir/lake.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(lake_json(&lake)).unwrap()).unwrap();
     assert_eq!(id["id"], "");
     assert_exact(&p);
     let again = stdout(&run(weir().arg("migrate").arg(p.job()), true));

@@ -7,7 +7,7 @@ fn fails(p: &Project, cmd: &str) -> String {
     let out = run(weir().arg(cmd).arg(p.job()), false);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        !p.lake().join("_weir").exists(),
+        !p.lake().join(STATE).exists(),
         "data moved despite the error"
     );
     stderr(&out)

@@ -138,7 +138,7 @@ fn assert_exactly(p: &Project, n: u64) {
 }
 
 fn state(p: &Project) -> std::path::PathBuf {
-    p.lake().join("_weir/ecommerce")
+    p.state()
 }
 
 #[test]
@@ -807,7 +807,7 @@ fn sigterm_during_start_up_or_the_replay_of_a_batch_stops_cleanly() {
         stderr(&out)
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(!p.lake().join("_weir").exists(), "nothing written");
+    assert!(!p.lake().join(STATE).exists(), "nothing written");
 
     // A replay that cannot read (every iterator expires): SIGTERM leaves the plan for next time.
     produce(&s, 200, &[]);

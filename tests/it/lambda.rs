@@ -369,7 +369,8 @@ fn failures(response: &Value) -> Vec<String> {
 
 /// A shard writer's committed batches (records), from its commit log.
 fn commits(root: &Path, shard: &str) -> Vec<Value> {
-    let mut c = state_entries(&root.join(format!("lake/_weir/land.{shard}/commits")));
+    let mut c =
+        state_entries(&job_state(&root.join("lake"), &format!("land.{shard}")).join("commits"));
     c.sort_by_key(|v| v["batch"].as_u64());
     c
 }
@@ -447,7 +448,7 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
     let third = event(&s, a, batches_a[2]);
     assert_eq!(failures(&api2.invoke(&third, &mut other)), NONE);
     other.kill();
-    let dir = root.join(format!("lake/_weir/land.{a}/commits"));
+    let dir = job_state(&root.join("lake"), &format!("land.{a}")).join("commits");
     let mut records: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -502,7 +503,7 @@ fn lambda_mode_is_exactly_once_through_retries_crashes_and_poison() {
         "micro_batches": [range(100, 179), range(180, 249)],
         "planned_at": "2026-11-27T00:00:00Z",
     });
-    let plans = root.join(format!("lake/_weir/land.{b}/plans"));
+    let plans = job_state(&root.join("lake"), &format!("land.{b}")).join("plans");
     std::fs::write(
         plans.join(format!("{:020}.json", 2)),
         serde_json::to_vec(&plan).unwrap(),

@@ -56,7 +56,7 @@ fn log(root: &Path, id: &str) -> String {
 
 /// Every shard writer's state folder.
 fn writers(root: &Path) -> Vec<(String, PathBuf)> {
-    let Ok(dirs) = std::fs::read_dir(root.join("lake/_weir")) else {
+    let Ok(dirs) = std::fs::read_dir(root.join("lake").join(STATE)) else {
         return Vec::new();
     };
     let mut out: Vec<_> = dirs
@@ -331,7 +331,9 @@ fn three_workers_share_a_stream_through_a_kill_a_late_join_and_a_split() {
         }
         children += 1;
         let plans = {
-            let mut p = state_entries(&root.join(format!("lake/_weir/land.{shard}/plans")));
+            let mut p = state_entries(
+                &job_state(&root.join("lake"), &format!("land.{shard}")).join("plans"),
+            );
             p.sort_by_key(|v| v["batch"].as_u64().unwrap());
             p
         };
@@ -459,7 +461,7 @@ fn switching_a_target_to_leases_goes_on_from_its_checkpoint() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let job_commits = root.join("lake/_weir/land/commits");
+    let job_commits = job_state(&root.join("lake"), "land").join("commits");
     wait_until(
         "the one writer commits 1,000",
         Duration::from_secs(60),

@@ -528,7 +528,7 @@ with psycopg.connect(host="127.0.0.1", port=int(port), user="bi", dbname="shop",
 }
 
 fn p_last_batch(lake: &Path) -> u64 {
-    state_entries(&lake.join("_weir/ecommerce/commits"))
+    state_entries(&job_state(lake, "ecommerce").join("commits"))
         .iter()
         .filter_map(|v| v["batch"].as_u64())
         .max()
@@ -646,7 +646,7 @@ fn a_bad_dashboard_stops_the_run_before_any_data_moves() {
             && err.contains("The lake's tables:"),
         "{err}"
     );
-    assert!(state_entries(&p.lake().join("_weir/ecommerce/commits")).is_empty());
+    assert!(state_entries(&p.state().join("commits")).is_empty());
     // The lease was given back: a plain run goes ahead at once.
     run(&mut p.run_cmd(), true);
 
@@ -727,7 +727,7 @@ fn dashboard_in_chromium_follows_a_running_job_without_reload() {
     ]);
     let mut job = Server::start(cmd, (true, false));
     let http = job.http;
-    let state = p.lake().join("_weir/ecommerce");
+    let state = p.state();
     kinesis::wait_committed(&state, 3000, &mut job.child);
 
     let shot = repo().join("target/dashboard-shop.png");

@@ -73,7 +73,7 @@ fn update_rows_equal_duckdb_whatever_the_batches() {
     assert!(out.contains("keys held: per_user"), "{out}");
     assert_equals_duckdb(&p);
     // Each batch's changes are kept for the warehouses, and the table is one MERGE per batch.
-    let changes = std::fs::read_dir(p.lake().join("_weir/ecommerce/changes"))
+    let changes = std::fs::read_dir(p.state().join("changes"))
         .unwrap()
         .count();
     assert!(changes > 10, "{changes} change files");

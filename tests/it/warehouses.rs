@@ -254,7 +254,7 @@ fn assert_warehouses_match_lake(p: &Project, w: &Warehouses) {
 /// The (table, batch) pairs the commit log says have files.
 fn committed_pairs(p: &Project) -> BTreeSet<(String, u64)> {
     let mut out = BTreeSet::new();
-    for v in state_entries(&p.lake().join("_weir/ecommerce/commits")) {
+    for v in state_entries(&p.state().join("commits")) {
         for f in v["files"].as_array().unwrap() {
             let table = f["table"].as_str().unwrap();
             if !table.starts_with('_') {
@@ -285,7 +285,7 @@ fn assert_ledger_exact(p: &Project, w: &Warehouses) {
 fn assert_bigquery_jobs(p: &Project, w: &Warehouses) {
     let lake = lake_id(&p.lake());
     let mut checked = 0;
-    for v in state_entries(&p.lake().join("_weir/ecommerce/commits")) {
+    for v in state_entries(&p.state().join("commits")) {
         let batch = v["batch"].as_u64().unwrap();
         let mut index: std::collections::BTreeMap<String, usize> = Default::default();
         for f in v["files"].as_array().unwrap() {
@@ -416,7 +416,7 @@ fn ecommerce_loads_match_the_lake_in_postgres_bigquery_and_glue() {
     }
 
     // Retries never double-load: rewind every loader to the start, run again, same rows.
-    for e in std::fs::read_dir(p.lake().join("_weir/ecommerce/loads")).unwrap() {
+    for e in std::fs::read_dir(p.state().join("loads")).unwrap() {
         std::fs::write(e.unwrap().path(), r#"{"batch": 0}"#).unwrap();
     }
     run_job(&p);
@@ -503,7 +503,7 @@ fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
     assert_warehouses_match_lake(&p, &w);
 
     // A changed type stops the run before any file is written, naming the column.
-    let commits_before = state_entries(&p.lake().join("_weir/ecommerce/commits")).len();
+    let commits_before = state_entries(&p.state().join("commits")).len();
     p.write(
         "sql/ecommerce/sales.sql",
         &with_channel.replace(
@@ -516,12 +516,12 @@ fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
     let err = stderr(&out);
     assert!(err.contains("quantity"), "{err}");
     assert!(err.contains("CAST it back"), "{err}");
-    let commits_after = state_entries(&p.lake().join("_weir/ecommerce/commits")).len();
+    let commits_after = state_entries(&p.state().join("commits")).len();
     assert_eq!(
         commits_before, commits_after,
         "a batch was written after a schema conflict"
     );
-    let plans = state_entries(&p.lake().join("_weir/ecommerce/plans")).len();
+    let plans = state_entries(&p.state().join("plans")).len();
     assert_eq!(
         plans, commits_after,
         "a batch was planned after a schema conflict"
@@ -529,7 +529,7 @@ fn schema_evolution_adds_new_columns_and_refuses_changed_ones() {
 }
 
 fn cursor(p: &Project, dest: &str) -> u64 {
-    std::fs::read(p.lake().join(format!("_weir/ecommerce/loads/{dest}.json")))
+    std::fs::read(p.state().join(format!("loads/{dest}.json")))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["batch"].as_u64())
@@ -537,7 +537,7 @@ fn cursor(p: &Project, dest: &str) -> u64 {
 }
 
 fn last_commit(p: &Project) -> u64 {
-    std::fs::read_dir(p.lake().join("_weir/ecommerce/commits"))
+    std::fs::read_dir(p.state().join("commits"))
         .map(|d| {
             d.filter_map(|e| {
                 e.ok()?
@@ -610,7 +610,7 @@ fn a_warehouse_down_does_not_stop_the_lake_and_loads_catch_up() {
     // The lake takes every event while PostgreSQL is unreachable.
     let started = Instant::now();
     loop {
-        let records: u64 = state_entries(&p.lake().join("_weir/ecommerce/commits"))
+        let records: u64 = state_entries(&p.state().join("commits"))
             .iter()
             .filter_map(|v| v["records"].as_u64())
             .sum();
@@ -817,7 +817,7 @@ fn redshift_ddl_copy_and_manifest_are_golden_and_the_ddl_runs_on_postgres() {
 /// The identity of a lake folder (`_weir/lake.json`).
 fn lake_id(lake: &Path) -> String {
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lake.join("_weir/lake.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(lake_json(lake)).unwrap()).unwrap();
     v["id"].as_str().unwrap().to_string()
 }
 
@@ -827,7 +827,7 @@ fn lake_at(dir: &Path, url: String) -> (weir::load::LakeFiles, weir::commit::Obj
         std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
     let log = weir::commit::ObjectCommitStore::new(
         store.clone(),
-        object_store::path::Path::from("_weir/ecommerce"),
+        object_store::path::Path::from(Layout::new("ecommerce").state()),
         "ecommerce",
     );
     let lake = weir::load::LakeFiles {
