@@ -117,8 +117,7 @@ fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     let mut child = spawn(&p);
     let started = Instant::now();
     // Wait until at least one batch committed, then ask it to stop.
-    let commits = p.state().join("commits");
-    while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) == 0 {
+    while count(&p, "commits") == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no commit within 60 s"
@@ -132,8 +131,8 @@ fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
-    let plans = std::fs::read_dir(p.state().join("plans")).unwrap().count();
-    let done = std::fs::read_dir(&commits).unwrap().count();
+    let plans = count(&p, "plans");
+    let done = count(&p, "commits");
     assert_eq!(
         plans, done,
         "every planned batch is committed after SIGTERM"
